@@ -1,0 +1,53 @@
+# The two commands README names: `make run` and `make test`. Both create .venv
+# when it is missing and install the tested versions (constraints.txt) into it.
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+# A GPU or CPU-only wheel index for torch, e.g. PyTorch's cu128 index (see README).
+TORCH_INDEX ?=
+
+# Quiet offline: no telemetry, no update checks, nothing written to ~.
+export DO_NOT_TRACK := true
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export MLFLOW_DISABLE_TELEMETRY := true
+export DVC_NO_ANALYTICS := 1
+export ORT_DISABLE_TELEMETRY := 1
+export GX_ANALYTICS_ENABLED := false
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+
+.PHONY: run test lint format lock clean-venv
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Re-install only when the declared dependencies change.
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(if $(TORCH_INDEX),$(BIN)/python -m pip install --quiet torch==2.13.0 --index-url $(TORCH_INDEX))
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+run: $(VENV)/.installed
+	$(BIN)/dvc repro
+	$(BIN)/dvc metrics show
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(VENV)/.installed
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+# Re-resolve the tested set after changing pyproject.toml's dependencies.
+lock: $(VENV)/.installed
+	$(BIN)/python -m pip freeze --exclude-editable \
+	  | sed -E 's/^(torch==[0-9.]+)\+cpu$$/\1/' > constraints.new
+	{ sed -n '1,3p' constraints.txt; cat constraints.new; } > constraints.txt && rm constraints.new
+
+clean-venv:
+	rm -rf $(VENV)

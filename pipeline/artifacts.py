@@ -1,0 +1,69 @@
+"""Reading and writing the files that cross stage boundaries.
+
+Writes are atomic (a temporary file, then a rename), so a stage that fails part way
+leaves the previous outputs exactly as they were.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipeline.errors import DataError
+
+
+def _temporary_sibling(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def write_bytes_atomic(path: Path, payload: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = _temporary_sibling(path)
+    temporary.write_bytes(payload)
+    os.replace(temporary, path)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_parquet_atomic(path: Path, frame: pd.DataFrame) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = _temporary_sibling(path)
+    frame.to_parquet(temporary, index=False)
+    os.replace(temporary, path)
+
+
+def replace_dir_atomic(staged: Path, target: Path) -> None:
+    """Swap a fully written directory into place of `target`."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    retired = _temporary_sibling(target)
+    if target.exists():
+        os.replace(target, retired)
+    os.replace(staged, target)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def read_stage_input(path: Path, produced_by: str) -> pd.DataFrame:
+    """Read a parquet table written by an earlier stage, naming that stage if it is missing."""
+    if not path.exists():
+        raise DataError(f"{path} does not exist: run the {produced_by} stage first (dvc repro)")
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path} is not readable parquet ({exc}): re-run {produced_by}") from None
+
+
+def read_json(path: Path, produced_by: str) -> Any:
+    if not path.exists():
+        raise DataError(f"{path} does not exist: run the {produced_by} stage first (dvc repro)")
+    return json.loads(path.read_text(encoding="utf-8"))

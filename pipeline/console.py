@@ -1,0 +1,48 @@
+"""How commands talk to the user: progress on stdout, user errors on stderr in one line."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+import typer
+
+from pipeline.errors import DriftlineError, ValidationFailed
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def report_user_errors(command: Callable[P, R]) -> Callable[P, R]:
+    """Turn errors a user can cause into one line on stderr and a non-zero exit.
+
+    Anything else is a bug in Driftline and keeps its traceback.
+    """
+
+    @functools.wraps(command)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except ValidationFailed as exc:
+            for line in exc.failures:
+                print(line, file=sys.stderr)
+            print(f"error: {exc}", file=sys.stderr)
+            raise typer.Exit(exc.exit_code) from None
+        except DriftlineError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            print("error: interrupted; earlier outputs are unchanged", file=sys.stderr)
+            raise typer.Exit(130) from None
+
+    return wrapper
