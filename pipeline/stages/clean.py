@@ -14,10 +14,15 @@ from typing import Annotated, Any
 import pandas as pd
 import typer
 
-from pipeline.artifacts import read_stage_input, write_json_atomic, write_parquet_atomic
+from pipeline.artifacts import (
+    read_json,
+    read_stage_input,
+    write_json_atomic,
+    write_parquet_atomic,
+)
 from pipeline.config import DEFAULT_PARAMS, CalendarPart, CleanConfig, load_params
 from pipeline.console import report_user_errors, say
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, DataError
 from pipeline.schema import DatasetSpec
 
 NUMERIC_FILLS = {"keep", "median", "mean", "zero", "drop"}
@@ -238,6 +243,14 @@ def _fill_missing(
     return frame
 
 
+def require_validated(manifest: dict[str, Any], validation: dict[str, Any]) -> None:
+    """Refuse raw data that the validate stage has not passed."""
+    if validation.get("content_hash") != manifest.get("content_hash"):
+        raise DataError("data/raw changed since it was last validated: run the validate stage")
+    if not validation.get("success"):
+        raise DataError("data/raw failed validation: see reports/validation-failed/")
+
+
 @report_user_errors
 def main(
     params: Annotated[Path, typer.Option(help="The params file.")] = DEFAULT_PARAMS,
@@ -246,6 +259,9 @@ def main(
         "data/clean/data.parquet"
     ),
     report: Annotated[Path, typer.Option(help="The change report.")] = Path("reports/clean.json"),
+    validation: Annotated[Path, typer.Option(help="The validate stage's summary.")] = Path(
+        "reports/validation/summary.json"
+    ),
     metrics: Annotated[Path, typer.Option(help="Flat figures for `dvc metrics`.")] = Path(
         "metrics/clean.json"
     ),
@@ -254,6 +270,7 @@ def main(
     config = load_params(params).clean
     frame = read_stage_input(raw / "data.parquet", "ingest")
     spec = DatasetSpec.read(raw / "schema.yaml")
+    require_validated(read_json(raw / "manifest.json", "ingest"), read_json(validation, "validate"))
     result = clean(frame, spec, config)
     write_parquet_atomic(out, result.frame)
     write_json_atomic(report, result.report)

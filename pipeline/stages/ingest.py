@@ -48,12 +48,13 @@ def ingest(
     data: DataConfig,
     source_description: str,
 ) -> Ingested:
-    """Stack the source and the batches, newest row winning per key, and describe the result."""
+    """Stack the source and the batches (a batch row replaces an older row with its key)
+    and describe the result."""
     check_named_columns(source, data)
     columns = list(source.columns)
-    stacked = [source]
+    frame = source.reset_index(drop=True)
     batch_records = []
-    unlabelled = 0
+    unlabelled = replaced = 0
     for batch in batches:
         if set(batch.frame.columns) != set(columns):
             raise DataError(
@@ -62,15 +63,16 @@ def ingest(
             )
         labelled = batch.frame[batch.frame[data.target].notna()][columns]
         unlabelled += len(batch.frame) - len(labelled)
-        stacked.append(labelled)
+        if data.key_columns:
+            # A batch row replaces an older row with the same key. Duplicate keys
+            # inside one table are left alone: validate reports them.
+            older = frame.set_index(data.key_columns).index
+            newer = labelled.set_index(data.key_columns).index
+            superseded = older.isin(newer)
+            replaced += int(superseded.sum())
+            frame = frame[~superseded]
+        frame = pd.concat([frame, labelled], ignore_index=True)
         batch_records.append({"file": batch.name, "rows": len(labelled), "sha256": batch.sha256})
-    frame = pd.concat(stacked, ignore_index=True) if batches else source.reset_index(drop=True)
-
-    replaced = 0
-    if data.key_columns:
-        before = len(frame)
-        frame = frame.drop_duplicates(subset=data.key_columns, keep="last").reset_index(drop=True)
-        replaced = before - len(frame)
 
     spec = resolve_spec(frame, data)
     manifest = {

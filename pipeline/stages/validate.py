@@ -15,7 +15,12 @@ from typing import Annotated
 import pandas as pd
 import typer
 
-from pipeline.artifacts import read_stage_input, replace_dir_atomic, write_json_atomic
+from pipeline.artifacts import (
+    read_json,
+    read_stage_input,
+    replace_dir_atomic,
+    write_json_atomic,
+)
 from pipeline.config import DEFAULT_PARAMS, ValidateConfig, load_params
 from pipeline.console import report_user_errors, say, warn
 from pipeline.errors import ValidationFailed
@@ -58,11 +63,14 @@ def main(
     config = load_params(params).validation
     frame = read_stage_input(raw / "data.parquet", "ingest")
     spec = DatasetSpec.read(raw / "schema.yaml")
+    manifest = read_json(raw / "manifest.json", "ingest")
 
     staged = out.parent / f".{out.name}.staged"
     shutil.rmtree(staged, ignore_errors=True)
     report = validate(frame, spec, config, docs_dir=staged / "docs")
-    write_json_atomic(staged / "summary.json", report.summary())
+    # clean checks this hash, so unvalidated raw data is never cleaned.
+    summary = {"content_hash": manifest["content_hash"], **report.summary()}
+    write_json_atomic(staged / "summary.json", summary)
 
     for outcome in report.warnings:
         warn(outcome.describe())
