@@ -249,7 +249,7 @@ class Fractions(Section):
 
 
 class SplitConfig(Section):
-    method: Literal["auto", "time", "stratified", "random"] = "auto"
+    method: Literal["auto", "time", "ordered", "stratified", "random"] = "auto"
     fractions: Fractions = Field(default_factory=Fractions)
     seed: int = 42
     reference_rows: int = Field(default=5000, ge=10)

@@ -55,7 +55,9 @@ class Splits:
 
 
 def resolve_method(config: SplitConfig, spec: DatasetSpec) -> str:
-    """`auto`: by time when a time column is named, else stratified for classes, else random."""
+    """`auto`: by time when a time column is named, else stratified for classes, else random.
+    `ordered` cuts the rows in the order the source holds them, for data whose row order is
+    its timeline."""
     if config.method != "auto":
         return config.method
     if spec.time_column:
@@ -73,6 +75,13 @@ def split(frame: pd.DataFrame, spec: DatasetSpec, config: SplitConfig) -> Splits
         if not spec.time_column:
             raise DataError("split.method is time but data.time_column is not set")
         train, val, test = _split_by_time(frame, spec.time_column, fractions.train, fractions.val)
+    elif method == "ordered":
+        train_end, val_end = _boundaries(len(frame), fractions.train, fractions.val)
+        train, val, test = (
+            frame.iloc[:train_end],
+            frame.iloc[train_end:val_end],
+            frame.iloc[val_end:],
+        )
     elif method == "stratified":
         if spec.task == "regression":
             raise DataError("split.method: stratified needs a classification target; use random")
@@ -144,15 +153,13 @@ def _split_stratified(
             f"class {rare!r} of {target!r} has only {counts.min()} row(s); a stratified split "
             "needs at least 3 per class (add data, or set split.method: random)"
         )
-    fractions = config.fractions
+    # Whole row counts, as for the other methods, so 0.7 of 1000 rows is 700.
+    train_end, val_end = _boundaries(len(frame), config.fractions.train, config.fractions.val)
     rest, test = train_test_split(
-        frame, test_size=fractions.test, stratify=frame[target], random_state=config.seed
+        frame, test_size=len(frame) - val_end, stratify=frame[target], random_state=config.seed
     )
     train, val = train_test_split(
-        rest,
-        test_size=fractions.val / (fractions.train + fractions.val),
-        stratify=rest[target],
-        random_state=config.seed,
+        rest, test_size=val_end - train_end, stratify=rest[target], random_state=config.seed
     )
     return train.sort_index(), val.sort_index(), test.sort_index()
 

@@ -29,7 +29,6 @@ BANK_SLICE = FIXTURES / "bank_marketing_3000.csv"
 SLICE_ROWS = 3000
 PARTS = ("train", "val", "test")
 FRACTIONS = {"train": 0.7, "val": 0.2, "test": 0.1}
-ELEC2_ROWS_PER_DAY = 48  # half-hours: a time boundary moves to the end of its day at most
 UNKNOWN_COLUMNS = ("job", "education", "contact", "poutcome")
 
 
@@ -83,7 +82,7 @@ def test_fixture_slices_are_small_and_whole(example: Path) -> None:
     assert len(fixture.read_bytes().splitlines()) == SLICE_ROWS + 1  # header kept
 
 
-# --- ELEC2: a time split ----------------------------------------------------------------
+# --- ELEC2: a split in row order ----------------------------------------------------------------
 
 
 def test_elec2_validates_clean_with_pinned_schema(elec2: Project) -> None:
@@ -95,22 +94,21 @@ def test_elec2_validates_clean_with_pinned_schema(elec2: Project) -> None:
     assert summary["passed"] == summary["expectations"]
     manifest = read_json(elec2, "data/raw/manifest.json")
     assert manifest["inferred"] == []
-    assert manifest["time_range"]["column"] == "date"
+    assert manifest["time_range"] is None
     schema = yaml.safe_load((elec2.root / "data/raw/schema.yaml").read_text(encoding="utf-8"))
     assert schema["task"] == "binary"
-    assert schema["time_column"] == "date"
+    assert schema["time_column"] is None
 
 
-def test_elec2_is_split_by_time_in_order(elec2: Project) -> None:
-    assert read_json(elec2, "reports/split.json")["method"] == "time"
+def test_elec2_is_split_in_row_order(elec2: Project) -> None:
+    assert read_json(elec2, "reports/split.json")["method"] == "ordered"
     parts = read_parts(elec2)
     train, val, test = (parts[name]["date"] for name in PARTS)
-    # A boundary never cuts a day: no timestamp is in two parts.
-    assert train.max() < val.min()
-    assert val.max() < test.min()
-    assert sum(len(part) for part in parts.values()) == SLICE_ROWS
-    for name, part in parts.items():
-        assert abs(len(part) - FRACTIONS[name] * SLICE_ROWS) <= ELEC2_ROWS_PER_DAY, name
+    assert train.max() <= val.min()
+    assert val.max() <= test.min()
+    assert {name: len(part) for name, part in parts.items()} == {
+        name: round(FRACTIONS[name] * SLICE_ROWS) for name in PARTS
+    }
 
 
 def test_elec2_parts_are_the_file_in_order_without_overlap(elec2: Project) -> None:

@@ -1,0 +1,132 @@
+"""`dvc repro` of the data stages in a fresh project, on a slice of the real bike data."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import FIXTURES, QUIET, REPO
+
+pytestmark = pytest.mark.e2e
+
+STAGES = ("ingest", "validate", "clean", "split")
+
+
+class DvcProject:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.env = {
+            **os.environ,
+            **QUIET,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        }
+
+    def dvc(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        completed = subprocess.run(
+            [str(Path(sys.executable).parent / "dvc"), *args],
+            cwd=self.root,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if check and completed.returncode != 0:
+            raise AssertionError(
+                f"dvc {' '.join(args)} failed:\n{completed.stdout}\n{completed.stderr}"
+            )
+        return completed
+
+    def ran(self, output: str) -> set[str]:
+        return {stage for stage in STAGES if f"Running stage '{stage}'" in output}
+
+    def edit_params(self, section: str, key: str, value: object) -> None:
+        path = self.root / "params.yaml"
+        params = yaml.safe_load(path.read_text())
+        params[section][key] = value
+        path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+    def outputs(self) -> dict[str, bytes]:
+        paths = [p for p in (self.root / "data").rglob("*.parquet") if "landing" not in p.parts]
+        return {str(p.relative_to(self.root)): p.read_bytes() for p in sorted(paths)}
+
+
+@pytest.fixture(scope="module")
+def dvc_project(tmp_path_factory: pytest.TempPathFactory) -> DvcProject:
+    """A copy of the repo's pipeline and dvc.yaml, its source a 2,000-row slice."""
+    root = tmp_path_factory.mktemp("dvc") / "project"
+    root.mkdir()
+    shutil.copytree(
+        REPO / "pipeline", root / "pipeline", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    (root / "data" / "landing").mkdir(parents=True)
+    (root / "data" / "landing" / ".gitkeep").touch()
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"]["source"] = str(FIXTURES / "bike_sharing_2000.csv")
+    params["validate"]["min_rows"] = 100
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    project = DvcProject(root)
+    project.dvc("init", "--no-scm", "-q")
+    project.dvc("config", "core.analytics", "false")
+    return project
+
+
+def test_repro_runs_the_four_stages(dvc_project: DvcProject) -> None:
+    first = dvc_project.dvc("repro")
+    assert dvc_project.ran(first.stdout) == set(STAGES)
+    for part in ("train", "val", "test"):
+        assert (dvc_project.root / f"data/split/{part}.parquet").exists()
+    train = pd.read_parquet(dvc_project.root / "data/split/train.parquet")
+    test = pd.read_parquet(dvc_project.root / "data/split/test.parquet")
+    assert train["dteday"].max() < test["dteday"].min()
+    assert {"casual", "registered"}.isdisjoint(train.columns)
+    assert (dvc_project.root / "reports/validation/docs/index.html").exists()
+    metrics = dvc_project.dvc("metrics", "show", "--json").stdout
+    assert '"train_rows"' in metrics and '"critical_failures": 0' in metrics
+
+
+def test_second_repro_does_nothing(dvc_project: DvcProject) -> None:
+    again = dvc_project.dvc("repro")
+    assert dvc_project.ran(again.stdout) == set()
+    assert "Data and pipelines are up to date" in again.stdout
+
+
+def test_split_param_reruns_split_only(dvc_project: DvcProject) -> None:
+    dvc_project.edit_params("split", "seed", 7)
+    status = dvc_project.dvc("status").stdout
+    assert "split:" in status and "ingest:" not in status and "clean:" not in status
+    rerun = dvc_project.dvc("repro")
+    assert dvc_project.ran(rerun.stdout) == {"split"}
+
+
+def test_bad_source_fails_and_keeps_every_output(dvc_project: DvcProject) -> None:
+    before = dvc_project.outputs()
+    dvc_project.edit_params("data", "source", str(dvc_project.root / "missing.csv"))
+    failed = dvc_project.dvc("repro", check=False)
+    assert failed.returncode != 0
+    assert "missing.csv: no such file or folder" in failed.stderr + failed.stdout
+    assert "Traceback" not in failed.stderr + failed.stdout
+    assert dvc_project.outputs() == before
+    # Back to the locked source: the failed run changed nothing, so nothing is left to do.
+    dvc_project.edit_params("data", "source", str(FIXTURES / "bike_sharing_2000.csv"))
+    assert dvc_project.ran(dvc_project.dvc("repro").stdout) == set()
+
+
+def test_labelled_batch_in_landing_reaches_the_split(dvc_project: DvcProject) -> None:
+    batch = pd.read_csv(REPO / "pipeline/datasets/bike_sharing/hour.csv").iloc[2000:2100]
+    batch.to_parquet(dvc_project.root / "data/landing/2011-03-25.parquet", index=False)
+    rerun = dvc_project.dvc("repro")
+    assert dvc_project.ran(rerun.stdout) == set(STAGES)
+    parts = [
+        pd.read_parquet(dvc_project.root / f"data/split/{p}.parquet")
+        for p in ("train", "val", "test")
+    ]
+    assert sum(len(part) for part in parts) == 2100
+    assert parts[2]["instant"].max() == 2100  # the newest rows are the test period
