@@ -61,9 +61,11 @@ class Outcome:
         }
         if "value_set" in self.check.kwargs:
             arguments["allowed"] = _short(self.check.kwargs["value_set"])
+        if arguments.get("type_list") == NUMERIC_DTYPES:
+            arguments["type_list"] = "numeric"
         shown = ", ".join(f"{key}={value}" for key, value in arguments.items())
         rule = f"{self.check.expectation}({shown})" if shown else self.check.expectation
-        return f"{self.check.severity}: {where}: {rule}: {self.observed}"
+        return f"{where}: {rule}: {self.observed}"
 
 
 @dataclass(frozen=True)
@@ -172,26 +174,20 @@ def build_checks(spec: DatasetSpec, frame: pd.DataFrame, config: ValidateConfig)
     if spec.time_column in present and spec.time_column != spec.target:
         add("required", "ExpectColumnValuesToNotBeNull", column=spec.time_column)
 
-    features = {
-        c: rules for c, rules in schema.numeric.items() if c != spec.target and c in present
-    }
-    for column, rules in features.items():
-        add("types", "ExpectColumnValuesToBeInTypeList", column=column, type_list=NUMERIC_DTYPES)
-        if rules.min is not None or rules.max is not None:
+    for column, rules in schema.numeric.items():
+        if column not in present:
+            continue
+        if column != spec.target:  # the target's type is checked under the target rule
+            add(
+                "types", "ExpectColumnValuesToBeInTypeList", column=column, type_list=NUMERIC_DTYPES
+            )
+        # A range means nothing on text; the type check already reports that.
+        bounded = rules.min is not None or rules.max is not None
+        if bounded and pd.api.types.is_numeric_dtype(frame[column]):
             add(
                 "range",
                 "ExpectColumnValuesToBeBetween",
                 column=column,
-                min_value=rules.min,
-                max_value=rules.max,
-            )
-    if spec.target in schema.numeric and spec.target in present:
-        rules = schema.numeric[spec.target]
-        if rules.min is not None or rules.max is not None:
-            add(
-                "range",
-                "ExpectColumnValuesToBeBetween",
-                column=spec.target,
                 min_value=rules.min,
                 max_value=rules.max,
             )
@@ -284,8 +280,6 @@ def run_checks(frame: pd.DataFrame, checks: list[Check], docs_dir: Path | None) 
 
 def _observed(check: Check, gx_result: Any, frame: pd.DataFrame) -> str:
     """What the data showed, in words, read from the GX result by name."""
-    if gx_result.exception_info and gx_result.exception_info.get("raised_exception"):
-        return f"could not be evaluated ({gx_result.exception_info.get('exception_message')})"
     details = gx_result.result or {}
     if check.expectation == "ExpectColumnToExist":
         return "present" if gx_result.success else "column is missing"
@@ -300,7 +294,7 @@ def _observed(check: Check, gx_result: Any, frame: pd.DataFrame) -> str:
         return f"{count} of {total} rows unexpected, e.g. {examples}"
     if "observed_value" in details:
         return f"observed {details['observed_value']}"
-    return "passed" if gx_result.success else "failed"
+    return "passed" if gx_result.success else "could not be evaluated (see the Data Docs)"
 
 
 def _non_numeric_examples(values: pd.Series) -> str:

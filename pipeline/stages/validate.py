@@ -76,7 +76,8 @@ def main(
         warn(outcome.describe())
     if not report.passed:
         replace_dir_atomic(staged, failed)
-        raise ValidationFailed([o.describe() for o in report.critical_failures], str(failed))
+        lines = [f"critical: {outcome.describe()}" for outcome in report.critical_failures]
+        raise ValidationFailed(lines, str(failed))
 
     replace_dir_atomic(staged, out)
     figures = report.figures()

@@ -66,5 +66,5 @@ def test_severity_is_set_by_params(bike: pd.DataFrame) -> None:
     assert not report.passed
     (failure,) = report.critical_failures
     assert failure.describe().startswith(
-        "critical: column 'temp': ExpectColumnValuesToBeBetween(min_value=0.0, max_value=1.0)"
+        "column 'temp': ExpectColumnValuesToBeBetween(min_value=0.0, max_value=1.0)"
     )
