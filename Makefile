@@ -15,6 +15,8 @@ export DVC_NO_ANALYTICS := 1
 export ORT_DISABLE_TELEMETRY := 1
 export GX_ANALYTICS_ENABLED := false
 export PREFECT_HOME ?= $(CURDIR)/.prefect
+# dvc.yaml's stage commands run `python`: the one in .venv.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: run test lint format lock clean-venv
 
