@@ -56,11 +56,6 @@ class DatasetSpec:
     na_values: tuple[str, ...] = ()
     inferred: tuple[str, ...] = field(default=())
 
-    def feature_columns(self, frame: pd.DataFrame) -> list[str]:
-        """Columns a model may learn from: not the target, ids, keys or dropped columns."""
-        excluded = {self.target, *self.schema.id, *self.schema.drop, *self.key_columns}
-        return [column for column in frame.columns if column not in excluded]
-
     def to_yaml(self) -> str:
         body = {
             "target": self.target,
