@@ -91,12 +91,13 @@ def read_table_file(path: Path, dialect: CsvDialect) -> pd.DataFrame:
     return read_csv_file(path, head, dialect)
 
 
-def read_parquet(path: Path) -> pd.DataFrame:
+def read_parquet(path: Path, payload: bytes | None = None) -> pd.DataFrame:
+    """A Parquet file, or its bytes already in memory (`path` then only names it)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        frame = pq.read_table(path).to_pandas()
+        frame = pq.read_table(pa.BufferReader(payload) if payload is not None else path).to_pandas()
     except (pa.ArrowException, OSError) as exc:
         raise SourceError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from None
     return _require_rows(frame, path)

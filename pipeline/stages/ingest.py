@@ -124,7 +124,7 @@ def read_landing(folder: Path) -> list[Batch]:
         batches.append(
             Batch(
                 name=path.name,
-                frame=read_parquet(path),
+                frame=read_parquet(path, payload),
                 sha256=hashlib.sha256(payload).hexdigest(),
             )
         )
