@@ -186,10 +186,14 @@ def _coerce_categorical(
     return text.astype(object).where(values.notna(), None)
 
 
-def _policy(config: CleanConfig, column: str, field: str) -> str:
+def _override(config: CleanConfig, column: str, field: str) -> str | None:
+    """The per-column policy from `clean.columns`, if one is set."""
     override = config.columns.get(column)
-    chosen = getattr(override, field) if override is not None else None
-    return chosen or getattr(config, field)
+    return getattr(override, field) if override is not None else None
+
+
+def _policy(config: CleanConfig, column: str, field: str) -> str:
+    return _override(config, column, field) or getattr(config, field)
 
 
 def _fill_missing(
@@ -203,15 +207,15 @@ def _fill_missing(
     if not missing.any():
         return frame
     kind = spec.schema.kind_of(column)
-    override = config.columns.get(column)
+    chosen = _override(config, column, "missing")
     if kind == "datetime":
-        policy = (override.missing if override else None) or config.missing_datetime
+        policy = chosen or config.missing_datetime
         allowed = {"keep", "drop"}
     elif kind == "numeric" or (kind is None and pd.api.types.is_numeric_dtype(frame[column])):
-        policy = (override.missing if override else None) or config.missing_numeric
+        policy = chosen or config.missing_numeric
         allowed = NUMERIC_FILLS | {"most_frequent"}
     elif kind in ("categorical", None):
-        policy = (override.missing if override else None) or config.missing_categorical
+        policy = chosen or config.missing_categorical
         allowed = CATEGORICAL_FILLS
     else:  # ids and dropped columns are left alone
         return frame
