@@ -255,6 +255,191 @@ class SplitConfig(Section):
     reference_rows: int = Field(default=5000, ge=10)
 
 
+# --- train --------------------------------------------------------------------------------
+
+Family = Literal["xgboost", "sklearn", "torch"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class XGBoostConfig(Section):
+    """Gradient-boosted trees (hist). Rounds stop early when val loss stops improving."""
+
+    n_estimators: int = Field(default=2000, ge=1)
+    learning_rate: float = Field(default=0.05, gt=0, le=1)
+    max_depth: int = Field(default=6, ge=1, le=20)
+    min_child_weight: float = Field(default=1.0, ge=0)
+    subsample: float = Field(default=0.8, gt=0, le=1)
+    colsample_bytree: float = Field(default=0.8, gt=0, le=1)
+    reg_lambda: float = Field(default=1.0, ge=0)
+    reg_alpha: float = Field(default=0.0, ge=0)
+    early_stopping_rounds: int = Field(default=50, ge=1)
+    n_jobs: int = Field(default=0, ge=0, description="0: all cores")
+
+
+class SklearnConfig(Section):
+    """A scikit-learn Pipeline: imputation, scaling and one-hot encoding, then the estimator."""
+
+    estimator: Literal["linear", "forest"] = "forest"
+    alpha: float = Field(default=1.0, gt=0, description="linear: L2 strength (1/C)")
+    n_estimators: int = Field(default=300, ge=1)
+    max_depth: int | None = Field(default=None, ge=1)
+    min_samples_leaf: int = Field(default=1, ge=1)
+    max_features: float = Field(default=0.5, gt=0, le=1)
+    n_jobs: int = Field(default=-1)
+
+
+class TorchConfig(Section):
+    """A tabular MLP: embeddings (or one-hot) for categoricals, standardised numerics."""
+
+    hidden_sizes: list[int] = Field(default_factory=lambda: [256, 128], min_length=1)
+    categorical_encoding: Literal["embedding", "onehot"] = "embedding"
+    max_embedding_dim: int = Field(default=16, ge=1)
+    dropout: float = Field(default=0.1, ge=0, lt=1)
+    batch_norm: bool = True
+    lr: float = Field(default=3e-3, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    batch_size: int = Field(default=256, ge=1)
+    max_epochs: int = Field(default=60, ge=1)
+    patience: int = Field(default=8, ge=1)
+    schedule: Literal["warmup_cosine", "one_cycle", "constant"] = "warmup_cosine"
+    warmup_fraction: float = Field(default=0.05, ge=0, lt=1)
+    grad_clip: float | None = Field(default=1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _positive_widths(self) -> TorchConfig:
+        if any(size < 1 for size in self.hidden_sizes):
+            raise ValueError(f"hidden_sizes must be positive, got {self.hidden_sizes}")
+        return self
+
+
+ThresholdMetric = Literal["f1", "balanced_accuracy", "accuracy", "none"]
+
+
+class TrainConfig(Section):
+    model: Family = "xgboost"
+    device: Device = "auto"
+    seed: int = 42
+    # "balanced" weighs classes by inverse frequency (binary: xgboost's scale_pos_weight).
+    class_weight: Literal["balanced", "none"] = "balanced"
+    # The class whose probability is scored; null takes the second in sorted order.
+    positive_class: CategoryValue | None = None
+    # Binary only: the decision threshold is picked on val to maximise this metric.
+    threshold_metric: ThresholdMetric = "f1"
+    xgboost: XGBoostConfig = Field(default_factory=XGBoostConfig)
+    sklearn: SklearnConfig = Field(default_factory=SklearnConfig)
+    torch: TorchConfig = Field(default_factory=TorchConfig)
+
+    def family_config(self) -> XGBoostConfig | SklearnConfig | TorchConfig:
+        return getattr(self, self.model)
+
+
+# --- tune ---------------------------------------------------------------------------------
+
+
+class SearchRange(Section):
+    """One hyperparameter: a range (`low`, `high`, `log`, `step`) or a list of `choices`."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = Field(default=None, gt=0)
+    choices: list[StrictStr | StrictInt | StrictFloat | StrictBool | None | list[int]] | None = (
+        None
+    )
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> SearchRange:
+        if self.choices is not None:
+            if self.low is not None or self.high is not None:
+                raise ValueError("give either choices or low/high, not both")
+            if not self.choices:
+                raise ValueError("choices is empty")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("a range needs both low and high (or give choices)")
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low:g}) is greater than high ({self.high:g})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        return self
+
+
+class TuneConfig(Section):
+    n_trials: int = Field(default=40, ge=0, description="0 refits train's params untuned")
+    timeout: float | None = Field(default=300, gt=0, description="seconds for the search")
+    n_jobs: int = Field(default=1, ge=1, description="parallel trials in this process")
+    # SQLite (or any RDB URL) lets several workers share one study; null keeps it in memory.
+    storage: str | None = "sqlite:///optuna.db"
+    sampler_seed: int = 42
+    pruner: Literal["hyperband", "median", "none"] = "hyperband"
+    cv_folds: int = Field(default=0, ge=0, description="0: score on val; k >= 2: k-fold on train")
+    search_space: dict[Family, dict[str, SearchRange]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_keys(self) -> TuneConfig:
+        if self.cv_folds == 1:
+            raise ValueError("cv_folds must be 0 (off) or at least 2")
+        families = {"xgboost": XGBoostConfig, "sklearn": SklearnConfig, "torch": TorchConfig}
+        for family, space in self.search_space.items():
+            fields = families[family].model_fields
+            for key in space:
+                if key not in fields:
+                    raise ValueError(
+                        f"search_space.{family}.{key}: not a train.{family} parameter "
+                        f"(one of {', '.join(fields)})"
+                    )
+        return self
+
+
+# --- evaluate -----------------------------------------------------------------------------
+
+Metric = Literal[
+    "rmse",
+    "mae",
+    "r2",
+    "mape",
+    "roc_auc",
+    "pr_auc",
+    "accuracy",
+    "precision",
+    "recall",
+    "f1",
+    "specificity",
+    "log_loss",
+    "brier",
+    "f1_macro",
+    "f1_weighted",
+]
+
+
+class EvaluateConfig(Section):
+    # null: rmse for regression, roc_auc for binary, f1_macro for multiclass.
+    primary_metric: Metric | None = None
+    # The candidate must beat the champion by this share of the champion's score
+    # (0.01 = 1% better) on the primary metric, on the same test rows.
+    min_improvement: float = Field(default=0.01, ge=0)
+    # Absolute bounds every candidate must meet: a minimum for scores where higher is
+    # better, a maximum for errors. The first model is judged on these alone.
+    floors: dict[Metric, float] = Field(default_factory=dict)
+    # Columns whose value groups the naive regression baseline (hour-of-week mean);
+    # null derives day-of-week and hour from data.time_column.
+    baseline_groups: list[str] | None = None
+    importance_repeats: int = Field(default=3, ge=1)
+    seed: int = 42
+
+
+# --- mlflow -------------------------------------------------------------------------------
+
+
+class MlflowConfig(Section):
+    """Where runs and the registry live. MLFLOW_TRACKING_URI, when set, wins."""
+
+    tracking_uri: str = "sqlite:///mlflow.db"
+    artifact_location: str = "mlartifacts"
+    experiment: str = "driftline"
+    registered_model: str = "driftline"
+
+
 # --- the whole file -----------------------------------------------------------------------
 
 
@@ -263,6 +448,10 @@ class Params(Section):
     validation: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
     clean: CleanConfig = Field(default_factory=CleanConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
 
     @model_validator(mode="after")
     def _split_needs_time(self) -> Params:

@@ -1,0 +1,282 @@
+"""One model interface over three families: xgboost, scikit-learn and torch.
+
+`fit_model` learns the feature spec and the class encoding from train rows, fits the
+family chosen by `train.model`, and picks the binary decision threshold on val.
+The result, a `TabularModel`, predicts from raw columns and saves to a folder:
+`model.json` (everything but the weights) plus the family's native file.
+Family modules are imported only when used, so nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.artifacts import replace_dir_atomic
+from pipeline.config import Family, TrainConfig
+from pipeline.errors import ConfigError, DataError
+from pipeline.features import FeatureSpec, category_text
+from pipeline.models.base import FitReport, Learner, StepCallback, TrainingData
+from pipeline.schema import DatasetSpec
+
+FORMAT_VERSION = 1
+MODEL_FILE = "model.json"
+_FAMILIES = {
+    "xgboost": ("pipeline.models.xgboost_model", "XGBoostLearner"),
+    "sklearn": ("pipeline.models.sklearn_model", "SklearnLearner"),
+    "torch": ("pipeline.models.torch_model", "TorchLearner"),
+}
+
+
+def learner_class(family: Family) -> type[Learner]:
+    module, name = _FAMILIES[family]
+    return getattr(importlib.import_module(module), name)
+
+
+@dataclass
+class TabularModel:
+    """A fitted model that takes raw columns and returns real labels."""
+
+    family: Family
+    spec_target: str
+    task: str
+    features: FeatureSpec
+    learner: Learner
+    params: dict[str, Any]
+    report: FitReport
+    classes: list[Any] = field(default_factory=list)
+    threshold: float | None = None
+    threshold_metric: str | None = None
+
+    def predict_raw(self, frame: pd.DataFrame) -> np.ndarray:
+        """Regression values, or class probabilities (n, k) in `classes` order."""
+        return self.learner.predict_raw(self.features.prepare(frame))
+
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        if self.task == "regression":
+            raise TypeError("a regression model has no class probabilities")
+        return self.predict_raw(frame)
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        """Predicted values, or class labels (binary: by the threshold picked on val)."""
+        return self.decide(self.predict_raw(frame))
+
+    def decide(self, raw: np.ndarray) -> np.ndarray:
+        """Turn raw outputs into predictions."""
+        if self.task == "regression":
+            return raw
+        if self.task == "binary" and self.threshold is not None:
+            codes = (raw[:, 1] >= self.threshold).astype(np.int64)
+        else:
+            codes = raw.argmax(axis=1)
+        return np.asarray(self.classes, dtype=object)[codes]
+
+    def save(self, directory: Path) -> None:
+        """Write the model folder atomically: a failed save leaves the old one intact."""
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staged = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+        try:
+            self.learner.save(staged)
+            (staged / MODEL_FILE).write_text(json.dumps(self.describe(), indent=2) + "\n")
+            replace_dir_atomic(staged, directory)
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_VERSION,
+            "family": self.family,
+            "task": self.task,
+            "target": self.spec_target,
+            "features": self.features.to_dict(),
+            "classes": self.classes,
+            "threshold": self.threshold,
+            "threshold_metric": self.threshold_metric,
+            "params": self.params,
+            "report": self.report.to_dict(),
+        }
+
+
+def load_model(directory: Path) -> TabularModel:
+    """Read a model folder written by `TabularModel.save`."""
+    directory = Path(directory)
+    path = directory / MODEL_FILE
+    if not path.exists():
+        raise DataError(f"{directory} holds no model ({MODEL_FILE} missing): run train first")
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    if meta.get("format") != FORMAT_VERSION:
+        raise DataError(f"{path}: model format {meta.get('format')} is not supported; retrain")
+    features = FeatureSpec.from_dict(meta["features"])
+    n_classes = len(meta["classes"])
+    learner = learner_class(meta["family"]).load(
+        directory, meta["params"], features, meta["task"], n_classes
+    )
+    return TabularModel(
+        family=meta["family"],
+        spec_target=meta["target"],
+        task=meta["task"],
+        features=features,
+        learner=learner,
+        params=meta["params"],
+        report=FitReport.from_dict(meta["report"]),
+        classes=meta["classes"],
+        threshold=meta["threshold"],
+        threshold_metric=meta["threshold_metric"],
+    )
+
+
+def fit_model(
+    train: pd.DataFrame,
+    val: pd.DataFrame,
+    spec: DatasetSpec,
+    config: TrainConfig,
+    family_params: dict[str, Any] | None = None,
+    on_step: StepCallback | None = None,
+) -> TabularModel:
+    """Fit `config.model` on train with early stopping on val.
+
+    `family_params` overrides the family's params (tune passes a trial's choices).
+    """
+    data, classes = training_data(train, val, spec, config)
+    params = config.family_config().model_dump(mode="json")
+    params.update(family_params or {})
+    device = resolve_device(config.device, config.model)
+    learner = learner_class(config.model)(
+        params, data.features, data.task, data.n_classes, device=device, seed=config.seed
+    )
+    report = learner.fit(data, on_step=on_step)
+    model = TabularModel(
+        family=config.model,
+        spec_target=spec.target,
+        task=spec.task,
+        features=data.features,
+        learner=learner,
+        params=params,
+        report=report,
+        classes=classes,
+    )
+    if spec.task == "binary" and config.threshold_metric != "none":
+        probabilities = learner.predict_raw(data.x_val)[:, 1]
+        model.threshold = pick_threshold(data.y_val, probabilities, config.threshold_metric)
+        model.threshold_metric = config.threshold_metric
+    return model
+
+
+def training_data(
+    train: pd.DataFrame, val: pd.DataFrame, spec: DatasetSpec, config: TrainConfig
+) -> tuple[TrainingData, list[Any]]:
+    """Prepared features, encoded targets and class weights, learned from train rows."""
+    for name, frame in (("train", train), ("val", val)):
+        if spec.target not in frame.columns:
+            raise DataError(f"the {name} set has no target column {spec.target!r}: re-run split")
+        if frame[spec.target].isna().any():
+            raise DataError(f"the {name} set has rows without a target: clean must drop them")
+    features = FeatureSpec.fit(train, spec)
+    x_train, x_val = features.prepare(train), features.prepare(val)
+    if spec.task == "regression":
+        y_train = pd.to_numeric(train[spec.target], errors="raise").to_numpy(dtype=np.float64)
+        y_val = pd.to_numeric(val[spec.target], errors="raise").to_numpy(dtype=np.float64)
+        data = TrainingData(features, spec.task, 0, x_train, y_train, x_val, y_val)
+        return data, []
+    classes = class_order(train[spec.target], spec.task, config.positive_class)
+    y_train = encode_labels(train[spec.target], classes, "train")
+    y_val = encode_labels(val[spec.target], classes, "val")
+    weights = None
+    if config.class_weight == "balanced":
+        counts = np.bincount(y_train, minlength=len(classes)).astype(np.float64)
+        weights = len(y_train) / (len(classes) * np.maximum(counts, 1.0))
+    data = TrainingData(
+        features, spec.task, len(classes), x_train, y_train, x_val, y_val, class_weights=weights
+    )
+    return data, classes
+
+
+def class_order(target: pd.Series, task: str, positive: Any = None) -> list[Any]:
+    """Classes in sorted order; for binary, the positive class goes last (index 1)."""
+    values = sorted(pd.unique(target.dropna()), key=lambda value: str(value))
+    classes = [value.item() if isinstance(value, np.generic) else value for value in values]
+    if task == "binary":
+        if len(classes) != 2:
+            raise DataError(f"a binary target needs 2 classes in train, found {len(classes)}")
+        if positive is not None:
+            text = [str(value) for value in classes]
+            if str(positive) not in text:
+                raise ConfigError(
+                    f"train.positive_class: {positive!r} is not a class (classes: {text})"
+                )
+            if text.index(str(positive)) == 0:
+                classes.reverse()
+    elif len(classes) < 2:
+        raise DataError(f"the target has {len(classes)} class in train: nothing to learn")
+    return classes
+
+
+def encode_labels(labels: pd.Series, classes: list[Any], part: str = "input") -> np.ndarray:
+    """Class labels as codes 0..k-1 in `classes` order; an unseen label is a data error."""
+    known = pd.Index([str(value) for value in classes])
+    codes = known.get_indexer(category_text(labels))
+    if (codes < 0).any():
+        unseen = sorted(set(category_text(labels)[codes < 0].astype(str)))
+        raise DataError(
+            f"the {part} set holds class(es) {', '.join(unseen[:5])} that train does not"
+        )
+    return codes.astype(np.int64)
+
+
+def pick_threshold(y_val: np.ndarray, probabilities: np.ndarray, metric: str) -> float:
+    """The threshold on P(positive) that maximises `metric` on val; ties go to the
+    threshold nearest 0.5."""
+    candidates = np.unique(np.round(np.quantile(probabilities, np.linspace(0, 1, 201)), 6))
+    candidates = np.union1d(candidates, [0.5])
+    actual = np.asarray(y_val, dtype=bool)
+    predicted = probabilities[None, :] >= candidates[:, None]
+    tp = (predicted & actual).sum(axis=1).astype(float)
+    fp = (predicted & ~actual).sum(axis=1).astype(float)
+    fn = (~predicted & actual).sum(axis=1).astype(float)
+    tn = (~predicted & ~actual).sum(axis=1).astype(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if metric == "f1":
+            scores = np.where(tp > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
+        elif metric == "balanced_accuracy":
+            recall = np.where(tp + fn > 0, tp / (tp + fn), 0.0)
+            specificity = np.where(tn + fp > 0, tn / (tn + fp), 0.0)
+            scores = (recall + specificity) / 2
+        else:
+            scores = (tp + tn) / len(actual)
+    best = np.flatnonzero(scores >= scores.max() - 1e-12)
+    return float(candidates[best[np.argmin(np.abs(candidates[best] - 0.5))]])
+
+
+def resolve_device(requested: str, family: Family) -> str:
+    """`auto` is CUDA when the family can use it here, else CPU; `cuda` without a GPU
+    is a configuration error, never a crash inside the library."""
+    if family == "sklearn" or requested == "cpu":
+        return "cpu"
+    available = _cuda_available(family)
+    if requested == "cuda" and not available:
+        raise ConfigError(
+            f"train.device is cuda but {family} finds no CUDA device here: use auto or cpu"
+        )
+    return "cuda" if available else "cpu"
+
+
+def _cuda_available(family: Family) -> bool:
+    if family == "torch":
+        import torch
+
+        return bool(torch.cuda.is_available())
+    # Ask the driver before xgboost: a CPU-only machine never touches a CUDA path.
+    if not Path("/dev/nvidiactl").exists() and shutil.which("nvidia-smi") is None:
+        return False
+    import xgboost
+
+    return bool(xgboost.build_info().get("USE_CUDA", False))

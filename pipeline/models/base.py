@@ -1,0 +1,124 @@
+"""What every model family implements, and what they share.
+
+A family (`xgboost`, `sklearn`, `torch`) is a `Learner`: it fits on prepared feature
+frames with integer-coded classes and returns raw outputs (a value per row for
+regression, class probabilities for classification). `TabularModel` in
+`pipeline.models` wraps a learner with the feature spec, the class labels and the
+decision threshold, so callers deal in raw columns and real labels.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import Task
+from pipeline.features import FeatureSpec
+
+# Called after each boosting round or epoch with (step, validation loss). It may raise
+# (Optuna's TrialPruned) to stop training early.
+StepCallback = Callable[[int, float], None]
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """Prepared features and encoded targets. `y` holds floats for regression and class
+    codes 0..k-1 for classification; weights are None when classes are not weighted."""
+
+    features: FeatureSpec
+    task: Task
+    n_classes: int
+    x_train: pd.DataFrame
+    y_train: np.ndarray
+    x_val: pd.DataFrame
+    y_val: np.ndarray
+    class_weights: np.ndarray | None = None
+
+    @property
+    def sample_weight(self) -> np.ndarray | None:
+        if self.class_weights is None:
+            return None
+        return self.class_weights[self.y_train.astype(np.int64)]
+
+
+@dataclass(frozen=True)
+class FitReport:
+    """How training went: the step kept (round or epoch), its val loss, and the curve."""
+
+    best_step: int
+    val_loss: float
+    history: list[float] = field(default_factory=list)
+    device: str = "cpu"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "best_step": self.best_step,
+            "val_loss": self.val_loss,
+            "history": self.history,
+            "device": self.device,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> FitReport:
+        return cls(raw["best_step"], raw["val_loss"], list(raw["history"]), raw["device"])
+
+
+class Learner(ABC):
+    """One model family. `config` is the family's section of `train` as a dict."""
+
+    family: ClassVar[str]
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        features: FeatureSpec,
+        task: Task,
+        n_classes: int,
+        device: str = "cpu",
+        seed: int = 0,
+    ) -> None:
+        self.config = config
+        self.features = features
+        self.task = task
+        self.n_classes = n_classes
+        self.device = device
+        self.seed = seed
+
+    @abstractmethod
+    def fit(self, data: TrainingData, on_step: StepCallback | None = None) -> FitReport:
+        """Fit on train, stopping early on val loss."""
+
+    @abstractmethod
+    def predict_raw(self, prepared: pd.DataFrame) -> np.ndarray:
+        """Regression: shape (n,). Classification: class probabilities, shape (n, k)."""
+
+    @abstractmethod
+    def save(self, directory: Path) -> None:
+        """Write the fitted state into `directory` (which exists)."""
+
+    @classmethod
+    @abstractmethod
+    def load(
+        cls,
+        directory: Path,
+        config: dict[str, Any],
+        features: FeatureSpec,
+        task: Task,
+        n_classes: int,
+    ) -> Learner:
+        """Read what `save` wrote. Loads on CPU."""
+
+
+def validation_loss(task: Task, y_true: np.ndarray, raw: np.ndarray) -> float:
+    """The loss every family early-stops and tunes on: RMSE, or log loss for classes."""
+    if task == "regression":
+        return float(np.sqrt(np.mean((np.asarray(y_true, dtype=float) - raw) ** 2)))
+    probabilities = np.clip(raw, 1e-15, 1.0)
+    picked = probabilities[np.arange(len(y_true)), np.asarray(y_true, dtype=np.int64)]
+    return float(-np.mean(np.log(picked)))

@@ -1,0 +1,126 @@
+"""The scikit-learn family: a Pipeline of imputation, scaling and one-hot encoding
+learned from train rows, then a linear model or a random forest.
+
+The fitted Pipeline is saved with skops, which loads only the types it was given,
+rather than with pickle.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import Task
+from pipeline.features import FeatureSpec
+from pipeline.models.base import FitReport, Learner, StepCallback, TrainingData, validation_loss
+
+PIPELINE_FILE = "pipeline.skops"
+# Categorical gaps become this category, which no train category equals, so the
+# one-hot encoder treats them as unknown (all zeros).
+MISSING_CATEGORY = "__missing__"
+
+
+def build_pipeline(
+    config: dict[str, Any], features: FeatureSpec, task: Task, seed: int, class_weight: Any
+) -> Any:
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    linear = config["estimator"] == "linear"
+    numeric_steps: list[tuple[str, Any]] = [("impute", SimpleImputer(strategy="median"))]
+    if linear:
+        numeric_steps.append(("scale", StandardScaler()))
+    encoder = OneHotEncoder(
+        categories=[list(features.categories[column]) for column in features.categorical],
+        handle_unknown="ignore",
+        sparse_output=False,
+        dtype=np.float32,
+    )
+    prepare = ColumnTransformer(
+        [
+            ("numeric", Pipeline(numeric_steps), list(features.numeric)),
+            ("categorical", encoder, list(features.categorical)),
+        ],
+        remainder="drop",
+    )
+    if linear and task == "regression":
+        estimator: Any = Ridge(alpha=config["alpha"])
+    elif linear:
+        estimator = LogisticRegression(
+            C=1.0 / config["alpha"], max_iter=2000, class_weight=class_weight
+        )
+    else:
+        forest = RandomForestRegressor if task == "regression" else RandomForestClassifier
+        options = {"class_weight": class_weight} if task != "regression" else {}
+        estimator = forest(
+            n_estimators=config["n_estimators"],
+            max_depth=config["max_depth"],
+            min_samples_leaf=config["min_samples_leaf"],
+            max_features=config["max_features"],
+            n_jobs=config["n_jobs"],
+            random_state=seed,
+            **options,
+        )
+    return Pipeline([("prepare", prepare), ("model", estimator)])
+
+
+class SklearnLearner(Learner):
+    family = "sklearn"
+
+    pipeline: Any
+
+    def _inputs(self, prepared: pd.DataFrame) -> pd.DataFrame:
+        if not self.features.categorical:
+            return prepared
+        filled = prepared.copy()
+        for column in self.features.categorical:
+            filled[column] = filled[column].fillna(MISSING_CATEGORY)
+        return filled
+
+    def fit(self, data: TrainingData, on_step: StepCallback | None = None) -> FitReport:
+        class_weight = None
+        if data.class_weights is not None:
+            class_weight = {code: float(w) for code, w in enumerate(data.class_weights)}
+        self.pipeline = build_pipeline(
+            self.config, self.features, self.task, self.seed, class_weight
+        )
+        self.pipeline.fit(self._inputs(data.x_train), data.y_train)
+        loss = validation_loss(self.task, data.y_val, self.predict_raw(data.x_val))
+        if on_step is not None:
+            on_step(0, loss)
+        return FitReport(best_step=0, val_loss=loss, history=[loss], device="cpu")
+
+    def predict_raw(self, prepared: pd.DataFrame) -> np.ndarray:
+        inputs = self._inputs(prepared)
+        if self.task == "regression":
+            return np.asarray(self.pipeline.predict(inputs), dtype=np.float64)
+        return np.asarray(self.pipeline.predict_proba(inputs), dtype=np.float64)
+
+    def save(self, directory: Path) -> None:
+        import skops.io
+
+        skops.io.dump(self.pipeline, directory / PIPELINE_FILE)
+
+    @classmethod
+    def load(
+        cls,
+        directory: Path,
+        config: dict[str, Any],
+        features: FeatureSpec,
+        task: Task,
+        n_classes: int,
+    ) -> SklearnLearner:
+        import skops.io
+
+        path = directory / PIPELINE_FILE
+        learner = cls(config, features, task, n_classes)
+        # The file is one Driftline wrote; its types are the sklearn and numpy ones above.
+        learner.pipeline = skops.io.load(path, trusted=skops.io.get_untrusted_types(file=path))
+        return learner

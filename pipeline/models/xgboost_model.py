@@ -1,0 +1,124 @@
+"""The xgboost family: hist trees with early stopping on val.
+
+Categoricals enter as their integer codes (NaN for gaps and unseen values), so the
+booster is a plain numeric model that onnxmltools can export.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xgboost as xgb
+
+from pipeline.config import Task
+from pipeline.features import FeatureSpec
+from pipeline.models.base import FitReport, Learner, StepCallback, TrainingData
+
+BOOSTER_FILE = "booster.ubj"
+_OBJECTIVES = {
+    "regression": ("reg:squarederror", "rmse"),
+    "binary": ("binary:logistic", "logloss"),
+    "multiclass": ("multi:softprob", "mlogloss"),
+}
+
+
+class _ReportRounds(xgb.callback.TrainingCallback):
+    """Hands each round's val loss to `on_step`, which may stop training by raising."""
+
+    def __init__(self, on_step: StepCallback, metric: str) -> None:
+        super().__init__()
+        self.on_step = on_step
+        self.metric = metric
+
+    def after_iteration(self, model: Any, epoch: int, evals_log: dict) -> bool:
+        self.on_step(epoch, float(evals_log["val"][self.metric][-1]))
+        return False
+
+
+class XGBoostLearner(Learner):
+    family = "xgboost"
+
+    booster: xgb.Booster
+
+    def _booster_params(self, data: TrainingData) -> dict[str, Any]:
+        objective, metric = _OBJECTIVES[self.task]
+        config = self.config
+        params: dict[str, Any] = {
+            "objective": objective,
+            "eval_metric": metric,
+            "tree_method": "hist",
+            "device": self.device,
+            "learning_rate": config["learning_rate"],
+            "max_depth": config["max_depth"],
+            "min_child_weight": config["min_child_weight"],
+            "subsample": config["subsample"],
+            "colsample_bytree": config["colsample_bytree"],
+            "reg_lambda": config["reg_lambda"],
+            "reg_alpha": config["reg_alpha"],
+            "seed": self.seed,
+            "nthread": config["n_jobs"] or os.cpu_count() or 1,
+        }
+        if self.task == "multiclass":
+            params["num_class"] = self.n_classes
+        if self.task == "binary" and data.class_weights is not None:
+            # The binary form of balanced weights: negatives per positive.
+            params["scale_pos_weight"] = float(data.class_weights[1] / data.class_weights[0])
+        return params
+
+    def fit(self, data: TrainingData, on_step: StepCallback | None = None) -> FitReport:
+        params = self._booster_params(data)
+        weights = data.sample_weight if self.task == "multiclass" else None
+        train = xgb.DMatrix(
+            self.features.encoded_matrix(data.x_train), label=data.y_train, weight=weights
+        )
+        val = xgb.DMatrix(self.features.encoded_matrix(data.x_val), label=data.y_val)
+        metric = params["eval_metric"]
+        callbacks: list[xgb.callback.TrainingCallback] = [
+            xgb.callback.EarlyStopping(
+                rounds=self.config["early_stopping_rounds"], metric_name=metric, save_best=True
+            )
+        ]
+        if on_step is not None:
+            callbacks.append(_ReportRounds(on_step, metric))
+        history: dict[str, dict[str, list[float]]] = {}
+        self.booster = xgb.train(
+            params,
+            train,
+            num_boost_round=self.config["n_estimators"],
+            evals=[(val, "val")],
+            evals_result=history,
+            callbacks=callbacks,
+            verbose_eval=False,
+        )
+        curve = [float(value) for value in history["val"][metric]]
+        best = int(self.booster.attr("best_iteration") or len(curve) - 1)
+        return FitReport(
+            best_step=best, val_loss=curve[best], history=curve, device=self.device
+        )
+
+    def predict_raw(self, prepared: pd.DataFrame) -> np.ndarray:
+        output = self.booster.inplace_predict(self.features.encoded_matrix(prepared))
+        if self.task == "binary":
+            return np.column_stack([1.0 - output, output])
+        return np.asarray(output, dtype=np.float64)
+
+    def save(self, directory: Path) -> None:
+        self.booster.save_model(str(directory / BOOSTER_FILE))
+
+    @classmethod
+    def load(
+        cls,
+        directory: Path,
+        config: dict[str, Any],
+        features: FeatureSpec,
+        task: Task,
+        n_classes: int,
+    ) -> XGBoostLearner:
+        learner = cls(config, features, task, n_classes)
+        learner.booster = xgb.Booster(params={"device": "cpu"})
+        learner.booster.load_model(str(directory / BOOSTER_FILE))
+        return learner

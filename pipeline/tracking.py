@@ -1,0 +1,191 @@
+"""MLflow: where runs go, what each run is tagged with, and how a model is logged.
+
+The default store is `sqlite:///mlflow.db` with artifacts under `mlartifacts/`, both
+in the project; `MLFLOW_TRACKING_URI` points it at a server instead. Nothing here
+touches MLflow until a function is called.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import urllib.error
+import urllib.request
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from pipeline.config import MlflowConfig
+from pipeline.errors import DriftlineError
+
+if TYPE_CHECKING:
+    from pipeline.models import TabularModel
+
+DVC_LOCK = Path("dvc.lock")
+
+
+class TrackingError(DriftlineError):
+    """The MLflow tracking store cannot be reached or used."""
+
+
+def tracking_uri(config: MlflowConfig) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or config.tracking_uri
+
+
+def start_tracking(config: MlflowConfig) -> str:
+    """Point MLflow at the configured store and return the experiment id.
+
+    A server that does not answer fails here, in one line, before any work is done.
+    """
+    uri = tracking_uri(config)
+    if uri.startswith(("http://", "https://")):
+        _check_server(uri)
+    import logging
+
+    import mlflow
+
+    # Table creation and artifact progress bars are noise in a stage's output.
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    mlflow.set_tracking_uri(uri)
+    try:
+        experiment = mlflow.get_experiment_by_name(config.experiment)
+        if experiment is not None:
+            return experiment.experiment_id
+        location = None
+        if not uri.startswith(("http://", "https://", "databricks")):
+            location = Path(config.artifact_location).resolve().as_uri()
+        return mlflow.create_experiment(config.experiment, artifact_location=location)
+    except Exception as exc:
+        if isinstance(exc, DriftlineError):
+            raise
+        raise TrackingError(f"MLflow store {uri} cannot be used: {_first_line(exc)}") from None
+
+
+def _check_server(uri: str) -> None:
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5) as response:
+            response.read()
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TrackingError(
+            f"MLflow server {uri} is not reachable ({reason}): start it, or unset "
+            "MLFLOW_TRACKING_URI to use the local store"
+        ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def provenance_tags(data_files: list[Path]) -> dict[str, str]:
+    """The git commit, the hash of dvc.lock and of each input table: what the run saw."""
+    tags = {"driftline.dvc_lock_sha256": file_digest(DVC_LOCK) if DVC_LOCK.exists() else "none"}
+    commit = _git("rev-parse", "HEAD")
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+        tags["driftline.git_dirty"] = str(bool(_git("status", "--porcelain", "--", "pipeline")))
+    digests = [file_digest(path) for path in data_files]
+    tags["driftline.data_version"] = hashlib.sha256("".join(digests).encode()).hexdigest()[:16]
+    for path, digest in zip(data_files, digests, strict=True):
+        tags[f"driftline.data.{path.stem}_sha256"] = digest
+    return tags
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _git(*args: str) -> str:
+    try:
+        result = subprocess.run(
+            ["git", *args], capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return result.stdout.strip() if result.returncode == 0 else ""
+
+
+def flat_params(prefix: str, values: dict[str, Any]) -> dict[str, str]:
+    """Nested params as `prefix.key` strings, as MLflow stores them."""
+    flat: dict[str, str] = {}
+    for key, value in values.items():
+        name = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict):
+            flat.update(flat_params(name, value))
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def log_model(model: TabularModel, model_dir: Path, example: pd.DataFrame) -> str:
+    """Log the model folder as an MLflow pyfunc model that takes raw columns.
+
+    The signature, input example and requirements are passed in, so MLflow neither
+    infers them by running the model nor resolves the environment (that takes seconds).
+    Returns the model URI.
+    """
+    import mlflow
+    from mlflow.models import infer_signature
+
+    columns = list(model.features.columns)
+    example = example[columns].head(5)
+    # Numerics are doubles, so an integer column may also arrive with gaps (as floats).
+    example = example.astype({column: "float64" for column in model.features.numeric})
+    output = model.predict(example)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the same hint about integer columns
+        signature = infer_signature(example, pd.Series(output))
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=str(Path(__file__).with_name("mlflow_model.py")),
+        artifacts={"model": str(model_dir)},
+        signature=signature,
+        input_example=example,
+        pip_requirements=_requirements(model.family),
+    )
+    return info.model_uri
+
+
+def _requirements(family: str) -> list[str]:
+    from importlib.metadata import version
+
+    packages = ["pandas", "numpy", "scikit-learn", "pyarrow"]
+    packages.append({"xgboost": "xgboost", "sklearn": "skops", "torch": "torch"}[family])
+    return [f"{name}=={version(name)}" for name in packages]
+
+
+def log_fitted_model(
+    model: TabularModel,
+    model_dir: Path,
+    metrics: dict[str, float],
+    example: pd.DataFrame,
+) -> str:
+    """Log a fitted model's curve, metrics and folder to the active run; return its URI."""
+    import time
+
+    import mlflow
+    from mlflow.entities import Metric
+
+    run = mlflow.active_run()
+    assert run is not None, "log_fitted_model needs an active run"
+    now = int(time.time() * 1000)
+    curve = [
+        Metric("val_loss_curve", value, now, step)
+        for step, value in enumerate(model.report.history)
+    ]
+    client = mlflow.MlflowClient()
+    for start in range(0, len(curve), 1000):
+        client.log_batch(run.info.run_id, metrics=curve[start : start + 1000])
+    mlflow.log_metrics({name: value for name, value in metrics.items() if value == value})
+    mlflow.log_metrics({"best_step": model.report.best_step, "val_loss": model.report.val_loss})
+    mlflow.log_dict(model.describe(), "model.json")
+    return log_model(model, model_dir, example)
