@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -312,6 +312,11 @@ class TorchConfig(Section):
         return self
 
 
+FAMILY_CONFIGS: dict[str, type[Section]] = {
+    "xgboost": XGBoostConfig,
+    "sklearn": SklearnConfig,
+    "torch": TorchConfig,
+}
 ThresholdMetric = Literal["f1", "balanced_accuracy", "accuracy", "none"]
 
 
@@ -332,6 +337,11 @@ class TrainConfig(Section):
     def family_config(self) -> XGBoostConfig | SklearnConfig | TorchConfig:
         return getattr(self, self.model)
 
+    def recorded(self) -> dict[str, Any]:
+        """The params a run records: the general ones and the chosen family's."""
+        general = self.model_dump(mode="json", exclude={"xgboost", "sklearn", "torch"})
+        return {**general, self.model: self.family_config().model_dump(mode="json")}
+
 
 # --- tune ---------------------------------------------------------------------------------
 
@@ -343,9 +353,7 @@ class SearchRange(Section):
     high: float | None = None
     log: bool = False
     step: float | None = Field(default=None, gt=0)
-    choices: list[StrictStr | StrictInt | StrictFloat | StrictBool | None | list[int]] | None = (
-        None
-    )
+    choices: list[StrictStr | StrictInt | StrictFloat | StrictBool | list[int] | None] | None = None
 
     @model_validator(mode="after")
     def _range_or_choices(self) -> SearchRange:
@@ -379,16 +387,32 @@ class TuneConfig(Section):
     def _known_keys(self) -> TuneConfig:
         if self.cv_folds == 1:
             raise ValueError("cv_folds must be 0 (off) or at least 2")
-        families = {"xgboost": XGBoostConfig, "sklearn": SklearnConfig, "torch": TorchConfig}
         for family, space in self.search_space.items():
-            fields = families[family].model_fields
-            for key in space:
-                if key not in fields:
+            model = FAMILY_CONFIGS[family]
+            for key, search in space.items():
+                where = f"search_space.{family}.{key}"
+                if key not in model.model_fields:
                     raise ValueError(
-                        f"search_space.{family}.{key}: not a train.{family} parameter "
-                        f"(one of {', '.join(fields)})"
+                        f"{where}: not a train.{family} parameter "
+                        f"(one of {', '.join(model.model_fields)})"
                     )
+                values = search.choices if search.choices is not None else [search.low, search.high]
+                for value in values:
+                    if search.choices is None and is_integer_param(family, key):
+                        value = int(value)
+                    try:
+                        model.model_validate({key: value})
+                    except ValidationError as exc:
+                        raise ValueError(
+                            f"{where}: {value!r} is not allowed: {describe_errors(exc)}"
+                        ) from None
         return self
+
+
+def is_integer_param(family: Family, key: str) -> bool:
+    """Whether a family parameter is a whole number (searched with suggest_int)."""
+    annotation = FAMILY_CONFIGS[family].model_fields[key].annotation
+    return annotation is int or annotation == (int | None)
 
 
 # --- evaluate -----------------------------------------------------------------------------

@@ -114,7 +114,7 @@ def classification_metrics(
         return metrics
     positive = probabilities[:, 1]
     both_present = len(np.unique(codes)) == 2
-    tn, fp, fn, tp = confusion_matrix(codes, predicted_codes, labels=[0, 1]).ravel()
+    tn, fp, _, _ = confusion_matrix(codes, predicted_codes, labels=[0, 1]).ravel()
     metrics.update(
         {
             "roc_auc": float(roc_auc_score(codes, positive)) if both_present else float("nan"),

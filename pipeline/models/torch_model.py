@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -169,7 +171,9 @@ class ScoringModule(nn.Module):
     [n, k_num], codes int64 [n, k_cat])` gives regression values [n] in target units, or
     class probabilities [n, k]."""
 
-    def __init__(self, network: TabularMLP, target_mean: float = 0.0, target_std: float = 1.0):
+    def __init__(
+        self, network: TabularMLP, target_mean: float = 0.0, target_std: float = 1.0
+    ) -> None:
         super().__init__()
         self.network = network
         self.regression = network.config.task == "regression"
@@ -198,16 +202,20 @@ class TorchLearner(Learner):
         seed: int = 0,
     ) -> None:
         super().__init__(config, features, task, n_classes, device=device, seed=seed)
-        try:
-            self.settings = TorchConfig.model_validate(config)
-        except ValidationError as exc:
-            raise ConfigError(f"train.torch: {describe_errors(exc)}") from None
         self.scorer: ScoringModule | None = None
 
     def fit(self, data: TrainingData, on_step: StepCallback | None = None) -> FitReport:
-        settings = self.settings
+        # Checked here rather than in __init__: a loaded model is rebuilt from its
+        # checkpoint and must not fail on params that a newer version rejects.
+        settings = training_settings(self.config)
         if settings.batch_norm and settings.batch_size < 2:
             raise ConfigError("train.torch.batch_size must be at least 2 when batch_norm is on")
+        with _one_thread_on_cpu(self.device):
+            return self._train(data, settings, on_step)
+
+    def _train(
+        self, data: TrainingData, settings: TorchConfig, on_step: StepCallback | None
+    ) -> FitReport:
         torch.manual_seed(self.seed)
         batches = torch.Generator().manual_seed(self.seed)
         device = torch.device(self.device)
@@ -284,11 +292,9 @@ class TorchLearner(Learner):
         return FitReport(best_epoch, best_loss, history, device=self.device)
 
     def predict_raw(self, prepared: pd.DataFrame) -> np.ndarray:
-        scorer = self._fitted()
-        device = scorer.target_mean.device
-        numeric = torch.from_numpy(self.features.numeric_matrix(prepared)).to(device)
-        codes = torch.from_numpy(self.features.category_codes(prepared)).to(device)
-        return _score(scorer, numeric, codes)
+        numeric = torch.from_numpy(self.features.numeric_matrix(prepared))
+        codes = torch.from_numpy(self.features.category_codes(prepared))
+        return _score(self._fitted(), numeric, codes)
 
     def export_module(self) -> ScoringModule:
         """A CPU copy of the scoring module in eval mode, ready for `torch.onnx.export`
@@ -319,9 +325,8 @@ class TorchLearner(Learner):
             raise DataError(f"{directory} holds no {CHECKPOINT_FILE}: retrain the model")
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         network_config = MLPConfig.from_dict(checkpoint["config"])
-        if network_config.n_numeric != len(features.numeric) or len(
-            network_config.cardinalities
-        ) != len(features.categorical):
+        shape = (network_config.n_numeric, len(network_config.cardinalities))
+        if shape != (len(features.numeric), len(features.categorical)):
             raise DataError(f"{path} does not match the model's features: retrain the model")
         network = TabularMLP(network_config)
         network.load_state_dict(checkpoint["state_dict"])
@@ -340,27 +345,49 @@ class TorchLearner(Learner):
         return float(scorer.target_mean), float(scorer.target_std)
 
 
+def training_settings(config: dict[str, Any]) -> TorchConfig:
+    """The family's params as a typed config; a bad value names its key."""
+    try:
+        return TorchConfig.model_validate(config)
+    except ValidationError as exc:
+        raise ConfigError(f"train.torch: {describe_errors(exc)}") from None
+
+
 @torch.no_grad()
 def _score(scorer: ScoringModule, numeric: torch.Tensor, codes: torch.Tensor) -> np.ndarray:
-    """Scoring-module outputs for every row, in batches, as float64 numpy on CPU."""
+    """Scoring-module outputs for every row as float64 numpy on CPU. Rows go to the
+    module's device a batch at a time, so a large frame never sits on the GPU whole."""
+    device = scorer.target_mean.device
     was_training = scorer.training
     scorer.eval()
+    chunks = []
     try:
-        chunks = [
-            scorer(
-                numeric[start : start + PREDICT_BATCH_ROWS],
-                codes[start : start + PREDICT_BATCH_ROWS],
-            )
-            .cpu()
-            .numpy()
-            for start in range(0, len(numeric), PREDICT_BATCH_ROWS)
-        ]
+        for start in range(0, len(numeric), PREDICT_BATCH_ROWS):
+            rows = slice(start, start + PREDICT_BATCH_ROWS)
+            output = scorer(numeric[rows].to(device), codes[rows].to(device))
+            chunks.append(output.cpu().numpy())
     finally:
         scorer.train(was_training)
     if not chunks:
         width = () if scorer.regression else (scorer.network.config.n_outputs,)
         return np.zeros((0, *width), dtype=np.float64)
     return np.concatenate(chunks).astype(np.float64)
+
+
+@contextmanager
+def _one_thread_on_cpu(device: str) -> Iterator[None]:
+    """Train on one CPU thread, then give the caller back its thread count. Mini-batches
+    are too small for intra-op threads to pay, and on a busy machine their OpenMP
+    barriers spin: measured 3-4x slower on 2 cores with one other busy process."""
+    if device != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _batch_bounds(n_rows: int, batch_size: int) -> list[tuple[int, int]]:

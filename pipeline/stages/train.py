@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -33,12 +33,6 @@ def train(
     from pipeline.models import fit_model
 
     return fit_model(train_rows, val_rows, spec, config)
-
-
-def run_params(config: TrainConfig) -> dict[str, Any]:
-    """The params a run records: the general ones and the chosen family's."""
-    general = config.model_dump(mode="json", exclude={"xgboost", "sklearn", "torch"})
-    return {**general, config.model: config.family_config().model_dump(mode="json")}
 
 
 @report_user_errors
@@ -85,7 +79,7 @@ def main(
                 **tracking.provenance_tags([train_path, val_path]),
             }
         )
-        mlflow.log_params(tracking.flat_params("train", run_params(config)))
+        mlflow.log_params(tracking.flat_params("train", config.recorded()))
         val_logged = {f"val_{name}": value for name, value in val_metrics.items()}
         model_uri = tracking.log_fitted_model(model, out, val_logged, val_rows)
         mlflow.log_metric("train_seconds", seconds)

@@ -1,0 +1,414 @@
+"""evaluate: test metrics, a naive baseline, slices, importance, plots, and the gate.
+
+The chosen model is tune's refit (`models/tuned`). Train's untuned model and a naive
+baseline (hour-of-week mean for regression, class priors for classification) are
+scored on the same test rows for comparison, never to choose.
+
+The gate compares the candidate with the registry's champion on these test rows: it
+passes only when the candidate beats the champion by `evaluate.min_improvement` on
+the primary metric and meets every floor. With no champion, the floors alone decide.
+
+Outputs: `metrics/evaluate.json`, `reports/gate.json`, `reports/evaluation.json`
+(baseline, untuned, slices, importance) and `plots/` (CSV for `dvc plots`, PNG in
+`plots/png/`). The test metrics, plots and gate are added to the tune run in MLflow.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import numpy as np
+import pandas as pd
+import typer
+
+from pipeline.artifacts import (
+    read_json,
+    read_stage_input,
+    replace_dir_atomic,
+    write_json_atomic,
+)
+from pipeline.config import DEFAULT_PARAMS, EvaluateConfig, load_params
+from pipeline.console import report_user_errors, say, warn
+from pipeline.errors import DataError, DriftlineError
+from pipeline.metrics import (
+    HIGHER_IS_BETTER,
+    check_floors,
+    classification_metrics,
+    improvement,
+    meets_floor,
+    primary_metric,
+    regression_metrics,
+)
+from pipeline.schema import DatasetSpec
+
+if TYPE_CHECKING:
+    from pipeline.models import TabularModel
+    from pipeline.scoring import Scored
+
+MAX_SLICE_VALUES = 20
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """Whether the candidate may replace the champion, and the numbers behind it."""
+
+    passed: bool
+    reason: str
+    primary_metric: str
+    candidate: dict[str, float]
+    champion: dict[str, float] | None = None
+    champion_version: str | None = None
+    improvement: float | None = None
+    min_improvement: float = 0.0
+    floors: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return finite(asdict(self))
+
+
+def gate(
+    candidate: dict[str, float],
+    champion: dict[str, float] | None,
+    metric: str,
+    min_improvement: float,
+    floors: dict[str, float],
+    champion_version: str | None = None,
+) -> GateDecision:
+    """Judge a candidate's test metrics against the floors and the champion's."""
+    checked = {
+        name: {
+            "bound": bound,
+            "kind": "min" if HIGHER_IS_BETTER[name] else "max",
+            "value": candidate.get(name, float("nan")),
+            "met": meets_floor(name, candidate.get(name, float("nan")), bound),
+        }
+        for name, bound in floors.items()
+    }
+    failed = [name for name, check in checked.items() if not check["met"]]
+    common = {
+        "primary_metric": metric,
+        "candidate": candidate,
+        "champion": champion,
+        "champion_version": champion_version,
+        "min_improvement": min_improvement,
+        "floors": checked,
+    }
+    if failed:
+        parts = [
+            f"{name} {checked[name]['value']:.4g} "
+            f"{'<' if checked[name]['kind'] == 'min' else '>'} {checked[name]['bound']:g}"
+            for name in failed
+        ]
+        return GateDecision(False, f"fails the floor: {'; '.join(parts)}", **common)
+    if champion is None:
+        return GateDecision(True, "no champion yet: the candidate meets every floor", **common)
+    gain = improvement(metric, candidate[metric], champion[metric])
+    versus = (
+        f"{metric} {candidate[metric]:.5g} vs champion v{champion_version} "
+        f"{champion[metric]:.5g} ({gain:+.2%}, needs {min_improvement:+.2%})"
+    )
+    if gain >= min_improvement and not math.isnan(gain):
+        return GateDecision(True, f"beats the champion: {versus}", improvement=gain, **common)
+    return GateDecision(
+        False, f"does not beat the champion by enough: {versus}", improvement=gain, **common
+    )
+
+
+def baseline(
+    train: pd.DataFrame, test: pd.DataFrame, spec: DatasetSpec, groups: list[str] | None
+) -> tuple[str, dict[str, float]]:
+    """A naive model's test metrics: the mean per group (hour of week) for regression,
+    the class priors of train for classification."""
+    target = spec.target
+    if spec.task == "regression":
+        keys_train, keys_test, label = _baseline_keys(train, test, spec, groups)
+        actual = test[target].to_numpy(dtype=np.float64)
+        if keys_train is None:
+            predicted = np.full(len(test), train[target].mean())
+            return "train mean", regression_metrics(actual, predicted)
+        names = [f"key{position}" for position in range(len(keys_train))]
+        seen = pd.DataFrame(dict(zip(names, (k.to_numpy() for k in keys_train), strict=True)))
+        means = seen.assign(mean=train[target].to_numpy()).groupby(names)["mean"].mean()
+        wanted = pd.DataFrame(dict(zip(names, (k.to_numpy() for k in keys_test), strict=True)))
+        looked_up = wanted.merge(means.reset_index(), on=names, how="left")["mean"]
+        predicted = looked_up.fillna(train[target].mean()).to_numpy(dtype=np.float64)
+        return label, regression_metrics(actual, predicted)
+    from pipeline.models import class_order, encode_labels
+
+    classes = class_order(train[target], spec.task)
+    priors = np.bincount(encode_labels(train[target], classes), minlength=len(classes))
+    priors = priors / priors.sum()
+    codes = encode_labels(test[target], classes, "test")
+    probabilities = np.tile(priors, (len(test), 1))
+    predicted = np.full(len(test), int(np.argmax(priors)))
+    return "majority class, train priors", classification_metrics(
+        codes, probabilities, predicted, spec.task
+    )
+
+
+def _baseline_keys(
+    train: pd.DataFrame, test: pd.DataFrame, spec: DatasetSpec, groups: list[str] | None
+) -> tuple[list | None, list | None, str]:
+    if groups:
+        missing = [column for column in groups if column not in train.columns]
+        if missing:
+            raise DataError(f"evaluate.baseline_groups: {', '.join(missing)} not in the data")
+        return (
+            [train[column] for column in groups],
+            [test[column] for column in groups],
+            f"mean per {' x '.join(groups)}",
+        )
+    if spec.time_column:
+        train_times = pd.to_datetime(train[spec.time_column])
+        test_times = pd.to_datetime(test[spec.time_column])
+        return (
+            [train_times.dt.dayofweek, train_times.dt.hour],
+            [test_times.dt.dayofweek, test_times.dt.hour],
+            "hour-of-week mean",
+        )
+    return None, None, "train mean"
+
+
+def slice_metrics(
+    scored: Scored, test: pd.DataFrame, spec: DatasetSpec, model: TabularModel
+) -> dict[str, list[dict[str, Any]]]:
+    """The test metrics within each value of each slice column (largest groups first)."""
+    slices: dict[str, list[dict[str, Any]]] = {}
+    for column in spec.slice_columns:
+        if column not in test.columns:
+            continue
+        values = test[column]
+        entries = []
+        for value in values.value_counts().index[:MAX_SLICE_VALUES]:
+            mask = (values == value).to_numpy()
+            if model.task == "regression":
+                metrics = regression_metrics(scored.actual[mask], scored.raw[mask])
+            else:
+                metrics = classification_metrics(
+                    scored.codes[mask], scored.raw[mask], scored.predicted_codes[mask], model.task
+                )
+            entries.append({"value": _plain(value), "rows": int(mask.sum()), **metrics})
+        slices[column] = finite(entries)
+    return slices
+
+
+def permutation_importance(
+    model: TabularModel, frame: pd.DataFrame, target: str, metric: str, repeats: int, seed: int
+) -> pd.DataFrame:
+    """How much the metric worsens on `frame` when one feature's values are shuffled
+    (positive: the model relies on it). Model-agnostic, so every family gets it."""
+    from pipeline.scoring import score
+
+    base = score(model, frame, target).metrics[metric]
+    sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
+    rng = np.random.default_rng(seed)
+    rows = []
+    for column in model.features.columns:
+        drops = []
+        for _ in range(repeats):
+            shuffled = frame.copy()
+            shuffled[column] = frame[column].to_numpy()[rng.permutation(len(frame))]
+            drops.append(sign * (base - score(model, shuffled, target).metrics[metric]))
+        rows.append(
+            {"feature": column, "importance": float(np.mean(drops)), "std": float(np.std(drops))}
+        )
+    return pd.DataFrame(rows).sort_values("importance", ascending=False, ignore_index=True)
+
+
+def finite(value: Any) -> Any:
+    """NaN and infinities as null, so the JSON is valid for every reader."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(item) for item in value]
+    return value
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def champion_metrics(
+    champion: TabularModel | None, test: pd.DataFrame, target: str
+) -> tuple[dict[str, float] | None, str | None]:
+    """The champion's metrics on these test rows, or why it cannot be scored on them."""
+    if champion is None:
+        return None, None
+    from pipeline.scoring import score
+
+    try:
+        return score(champion, test, target).metrics, None
+    except DriftlineError as exc:
+        return None, str(exc)
+
+
+@report_user_errors
+def main(
+    params: Annotated[Path, typer.Option(help="The params file.")] = DEFAULT_PARAMS,
+    raw: Annotated[Path, typer.Option(help="The ingest stage's folder.")] = Path("data/raw"),
+    split: Annotated[Path, typer.Option(help="The split stage's folder.")] = Path("data/split"),
+    model: Annotated[Path, typer.Option(help="The chosen model folder.")] = Path("models/tuned"),
+    untuned: Annotated[Path, typer.Option(help="Train's model, for comparison.")] = Path(
+        "models/candidate"
+    ),
+    tuning: Annotated[Path, typer.Option(help="Tune's summary (its MLflow run).")] = Path(
+        "reports/tuning/summary.json"
+    ),
+    metrics: Annotated[Path, typer.Option(help="Test metrics for `dvc metrics`.")] = Path(
+        "metrics/evaluate.json"
+    ),
+    report: Annotated[Path, typer.Option(help="Baseline, slices, importance.")] = Path(
+        "reports/evaluation.json"
+    ),
+    gate_report: Annotated[Path, typer.Option("--gate", help="The gate's decision.")] = Path(
+        "reports/gate.json"
+    ),
+    plots: Annotated[Path, typer.Option(help="Plot data and PNGs.")] = Path("plots"),
+) -> None:
+    """Score the tuned model on test, compare it with the baseline and the champion."""
+    loaded = load_params(params)
+    config: EvaluateConfig = loaded.evaluate
+    spec = DatasetSpec.read(raw / "schema.yaml")
+    metric = primary_metric(spec.task, config.primary_metric)
+    check_floors(spec.task, config.floors)
+    train_rows = read_stage_input(split / "train.parquet", "split")
+    val_rows = read_stage_input(split / "val.parquet", "split")
+    test_rows = read_stage_input(split / "test.parquet", "split")
+    tuned_summary = read_json(tuning, "tune")
+
+    from pipeline import registry
+    from pipeline.models import load_model
+    from pipeline.scoring import score
+
+    candidate = load_model(model)
+    scored = score(candidate, test_rows, spec.target)
+    untuned_metrics = score(load_model(untuned), test_rows, spec.target).metrics
+    baseline_name, baseline_metrics = baseline(
+        train_rows, test_rows, spec, config.baseline_groups
+    )
+
+    with tempfile.TemporaryDirectory(prefix="driftline-champion-") as scratch:
+        champion = registry.fetch_alias(loaded.mlflow, registry.CHAMPION, Path(scratch))
+        champion_model = champion.load() if champion else None
+        champion_scores, incompatible = champion_metrics(champion_model, test_rows, spec.target)
+    if incompatible:
+        warn(f"the champion v{champion.version} cannot score these test rows ({incompatible})")
+    decision = gate(
+        scored.metrics,
+        champion_scores,
+        metric,
+        config.min_improvement,
+        config.floors,
+        champion.version if champion else None,
+    )
+    if incompatible:
+        decision = GateDecision(
+            passed=False,
+            reason=f"the champion v{champion.version} cannot score the current test rows "
+            f"({incompatible}); promote by hand with `driftline promote` if intended",
+            **{
+                key: value
+                for key, value in asdict(decision).items()
+                if key not in ("passed", "reason")
+            },
+        )
+
+    importance = permutation_importance(
+        candidate, val_rows, spec.target, metric, config.importance_repeats, config.seed
+    )
+    slices = slice_metrics(scored, test_rows, spec, candidate)
+    written_plots = _write_plots(scored, candidate, test_rows, spec, importance, plots)
+
+    test_metrics = finite(scored.metrics)
+    evaluation = {
+        "primary_metric": metric,
+        "model": {"family": candidate.family, "path": str(model)},
+        "test": test_metrics,
+        "untuned": finite(untuned_metrics),
+        "baseline": {"name": baseline_name, **finite(baseline_metrics)},
+        "champion": finite(champion_scores) if champion_scores else None,
+        "slices": slices,
+        "importance": finite(importance.to_dict(orient="records")),
+        "test_rows": len(test_rows),
+    }
+    flat = {
+        **test_metrics,
+        **{f"untuned_{name}": value for name, value in finite(untuned_metrics).items()},
+        **{f"baseline_{name}": value for name, value in finite(baseline_metrics).items()},
+        "gate_passed": decision.passed,
+    }
+    _log_to_mlflow(loaded.mlflow, tuned_summary.get("run_id"), flat, decision, plots)
+    write_json_atomic(report, evaluation)
+    write_json_atomic(gate_report, decision.to_dict())
+    write_json_atomic(metrics, flat)
+    say(
+        f"evaluate: test {metric} {scored.metrics[metric]:.5g} (untuned "
+        f"{untuned_metrics[metric]:.5g}, baseline {baseline_metrics[metric]:.5g}); "
+        f"{len(written_plots)} plot files -> {plots}"
+    )
+    say(f"gate: {'PASSED' if decision.passed else 'REFUSED'}: {decision.reason}")
+
+
+def _write_plots(
+    scored: Scored,
+    model: TabularModel,
+    test: pd.DataFrame,
+    spec: DatasetSpec,
+    importance: pd.DataFrame,
+    out: Path,
+) -> list[Path]:
+    """Draw every plot into a staging folder, then swap it into place."""
+    from pipeline import plots
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        if model.task == "regression":
+            times = test[spec.time_column] if spec.time_column else None
+            written = plots.regression_plots(scored.actual, scored.raw, times, staged)
+        else:
+            written = plots.classification_plots(
+                scored.codes, scored.raw, scored.predicted_codes, model.classes, staged
+            )
+        written += plots.importance_plot(importance, staged)
+        replace_dir_atomic(staged, out)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    return [out / path.relative_to(staged) for path in written]
+
+
+def _log_to_mlflow(
+    config: Any, run_id: str | None, flat: dict[str, Any], decision: GateDecision, plots: Path
+) -> None:
+    """Add the test metrics, gate and plots to the tune run that made the model."""
+    import mlflow
+
+    from pipeline.tracking import start_tracking
+
+    experiment_id = start_tracking(config)
+    numbers = {
+        f"test_{name}" if not name.startswith(("untuned_", "baseline_")) else name: float(value)
+        for name, value in flat.items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    }
+    with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id):
+        mlflow.log_metrics(numbers)
+        mlflow.set_tags(
+            {
+                "driftline.gate": "passed" if decision.passed else "refused",
+                "driftline.gate_reason": decision.reason[:5000],
+            }
+        )
+        mlflow.log_dict(decision.to_dict(), "evaluation/gate.json")
+        mlflow.log_artifacts(str(plots), "evaluation/plots")
+
+
+if __name__ == "__main__":
+    typer.run(main)

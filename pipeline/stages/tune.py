@@ -1,0 +1,467 @@
+"""tune: an Optuna search over the family's params, then a refit of the best.
+
+TPE proposes params from `tune.search_space.<family>`; a Hyperband (or median) pruner
+stops trials whose val loss, reported every few boosting rounds or epochs, trails
+the others. The first trial is `train`'s own params, so the search starts from the
+untuned model. Every trial is a nested MLflow run under the tune run.
+
+The study lives in `tune.storage` under a name fixed by the data, the family and the
+search space, so other processes running `driftline tune --search-only` on the same
+storage add trials to the same study.
+
+Outputs: `models/tuned/`, `reports/tuning/{summary.json,trials.csv}`, `metrics/tune.json`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import numpy as np
+import pandas as pd
+import typer
+
+from pipeline.artifacts import read_stage_input, write_json_atomic, write_text_atomic
+from pipeline.config import (
+    DEFAULT_PARAMS,
+    SearchRange,
+    TrainConfig,
+    TuneConfig,
+    is_integer_param,
+    load_params,
+)
+from pipeline.console import report_user_errors, say
+from pipeline.errors import ConfigError
+from pipeline.metrics import rounded
+from pipeline.schema import DatasetSpec
+
+if TYPE_CHECKING:
+    import optuna
+
+    from pipeline.models import TabularModel
+
+# Report a trial's val loss to the pruner every this many boosting rounds (epochs are
+# reported every time): each report is a write to the study's storage.
+REPORT_EVERY_ROUNDS = 10
+
+
+@dataclass
+class TuneResult:
+    model: TabularModel
+    best_params: dict[str, Any]
+    best_value: float | None
+    default_value: float | None
+    study_name: str
+    trials: pd.DataFrame
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+TrialHook = Callable[["optuna.Study", "optuna.trial.FrozenTrial"], None]
+
+
+def suggest(trial: optuna.Trial, family: str, space: dict[str, SearchRange]) -> dict[str, Any]:
+    """One point of the search space, typed as the family's params are."""
+    params: dict[str, Any] = {}
+    for key, search in space.items():
+        if search.choices is not None:
+            # Optuna's choices must be scalars, so lists (layer sizes) travel as JSON.
+            encoded = [json.dumps(choice) for choice in search.choices]
+            params[key] = json.loads(trial.suggest_categorical(key, encoded))
+        elif is_integer_param(family, key):
+            step = int(search.step) if search.step else 1
+            params[key] = trial.suggest_int(
+                key, int(search.low), int(search.high), step=step, log=search.log
+            )
+        else:
+            params[key] = trial.suggest_float(
+                key, search.low, search.high, step=search.step, log=search.log
+            )
+    return params
+
+
+def default_point(
+    train_config: TrainConfig, space: dict[str, SearchRange]
+) -> dict[str, Any] | None:
+    """train's own params as a trial, when they lie inside the search space."""
+    defaults = train_config.family_config().model_dump(mode="json")
+    point: dict[str, Any] = {}
+    for key, search in space.items():
+        value = defaults[key]
+        if search.choices is not None:
+            if value not in search.choices:
+                return None
+            point[key] = json.dumps(value)
+        elif value is None or not search.low <= value <= search.high:
+            return None
+        else:
+            point[key] = value
+    return point
+
+
+def study_name(
+    train_config: TrainConfig, config: TuneConfig, data_digest: str, space: dict
+) -> str:
+    """Same data, family, params and space: same study, so workers can share it."""
+    identity = json.dumps(
+        {
+            "data": data_digest,
+            "train": train_config.model_dump(mode="json"),
+            "space": {key: value.model_dump(mode="json") for key, value in space.items()},
+            "cv_folds": config.cv_folds,
+            "sampler_seed": config.sampler_seed,
+            "pruner": config.pruner,
+        },
+        sort_keys=True,
+    )
+    return f"driftline-{train_config.model}-{hashlib.sha256(identity.encode()).hexdigest()[:12]}"
+
+
+def make_study(config: TuneConfig, name: str) -> optuna.Study:
+    import optuna
+
+    pruners = {
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(),
+        "median": lambda: optuna.pruners.MedianPruner(n_warmup_steps=2),
+        "none": lambda: optuna.pruners.NopPruner(),
+    }
+    try:
+        return optuna.create_study(
+            study_name=name,
+            storage=config.storage,
+            direction="minimize",
+            sampler=optuna.samplers.TPESampler(seed=config.sampler_seed),
+            pruner=pruners[config.pruner](),
+            load_if_exists=True,
+        )
+    except (ImportError, ValueError, RuntimeError) as exc:
+        raise ConfigError(f"tune.storage: cannot open {config.storage!r} ({exc})") from None
+    except Exception as exc:  # SQLAlchemy errors for a database that is down
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"tune.storage: cannot open {config.storage!r} ({first})") from None
+
+
+def cv_folds(train_rows: pd.DataFrame, spec: DatasetSpec, folds: int, seed: int) -> list:
+    """k folds of the train rows: in time order when there is a time column (each
+    fold validates on rows later than it trains on), stratified for classes."""
+    from sklearn.model_selection import KFold, StratifiedKFold, TimeSeriesSplit
+
+    if spec.time_column:
+        ordered = train_rows.sort_values(spec.time_column, kind="stable")
+        splitter = TimeSeriesSplit(n_splits=folds)
+        return [
+            (ordered.iloc[train_idx], ordered.iloc[val_idx])
+            for train_idx, val_idx in splitter.split(ordered)
+        ]
+    if spec.task == "regression":
+        splitter = KFold(n_splits=folds, shuffle=True, random_state=seed)
+        indices = splitter.split(train_rows)
+    else:
+        splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+        indices = splitter.split(train_rows, train_rows[spec.target])
+    return [(train_rows.iloc[a], train_rows.iloc[b]) for a, b in indices]
+
+
+def tune(
+    train_rows: pd.DataFrame,
+    val_rows: pd.DataFrame,
+    spec: DatasetSpec,
+    train_config: TrainConfig,
+    config: TuneConfig,
+    data_digest: str,
+    on_trial: TrialHook | None = None,
+    search_only: bool = False,
+) -> TuneResult | None:
+    """Search, then refit the best params on train with early stopping on val.
+
+    With no budget or no search space for the family, the refit uses train's params.
+    """
+    import optuna
+
+    from pipeline.models import fit_model
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    family = train_config.model
+    space = config.search_space.get(family, {})
+    name = study_name(train_config, config, data_digest, space)
+    folds = (
+        cv_folds(train_rows, spec, config.cv_folds, train_config.seed) if config.cv_folds else []
+    )
+
+    def objective(trial: optuna.Trial) -> float:
+        params = suggest(trial, family, space)
+        if folds:
+            losses = []
+            for step, (fold_train, fold_val) in enumerate(folds):
+                model = fit_model(fold_train, fold_val, spec, train_config, params)
+                losses.append(model.report.val_loss)
+                trial.report(float(np.mean(losses)), step)
+                if trial.should_prune():
+                    raise optuna.TrialPruned()
+            trial.set_user_attr("best_step", model.report.best_step)
+            return float(np.mean(losses))
+        every = REPORT_EVERY_ROUNDS if family == "xgboost" else 1
+
+        def report(step: int, loss: float) -> None:
+            if step % every == 0:
+                trial.report(loss, step)
+                if trial.should_prune():
+                    raise optuna.TrialPruned()
+
+        model = fit_model(train_rows, val_rows, spec, train_config, params, on_step=report)
+        trial.set_user_attr("best_step", model.report.best_step)
+        return model.report.val_loss
+
+    study = None
+    if space and config.n_trials > 0:
+        study = make_study(config, name)
+        default = default_point(train_config, space)
+        if default is not None and not search_only:
+            study.enqueue_trial(default, user_attrs={"default": True}, skip_if_exists=True)
+        study.optimize(
+            objective,
+            n_trials=config.n_trials,
+            timeout=config.timeout,
+            n_jobs=config.n_jobs,
+            callbacks=[on_trial] if on_trial else None,
+            catch=(),
+        )
+    if search_only:
+        return None
+    complete = _complete_trials(study)
+    best_params: dict[str, Any] = {}
+    best_value = default_value = None
+    if complete:
+        best = min(complete, key=lambda trial: trial.value)
+        best_params = {key: _decoded(value) for key, value in best.params.items()}
+        best_value = best.value
+        defaults = [trial for trial in complete if trial.user_attrs.get("default")]
+        default_value = defaults[0].value if defaults else None
+    model = fit_model(train_rows, val_rows, spec, train_config, best_params)
+    trials = study.trials_dataframe() if study is not None else pd.DataFrame()
+    counts = _counts(study)
+    return TuneResult(model, best_params, best_value, default_value, name, trials, counts)
+
+
+def _complete_trials(study: optuna.Study | None) -> list:
+    if study is None:
+        return []
+    import optuna
+
+    return [
+        trial
+        for trial in study.get_trials(deepcopy=False)
+        if trial.state == optuna.trial.TrialState.COMPLETE and math.isfinite(trial.value)
+    ]
+
+
+def _counts(study: optuna.Study | None) -> dict[str, int]:
+    if study is None:
+        return {"trials": 0, "complete": 0, "pruned": 0, "failed": 0}
+    states = [trial.state.name for trial in study.get_trials(deepcopy=False)]
+    return {
+        "trials": len(states),
+        "complete": states.count("COMPLETE"),
+        "pruned": states.count("PRUNED"),
+        "failed": states.count("FAIL"),
+    }
+
+
+def _decoded(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+class TrialLogger:
+    """Each finished trial as a nested MLflow run, and a line of progress.
+
+    Optuna calls this from its worker threads, so it uses the thread-safe client, not
+    the fluent API's active-run stack.
+    """
+
+    def __init__(
+        self, experiment_id: str, parent_run_id: str, progress: Any, task_id: Any
+    ) -> None:
+        import mlflow
+
+        self.client = mlflow.MlflowClient()
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.progress = progress
+        self.task_id = task_id
+        self.lock = threading.Lock()
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"trial-{trial.number}",
+            tags={
+                "mlflow.parentRunId": self.parent_run_id,
+                "driftline.stage": "tune-trial",
+                "driftline.trial_state": trial.state.name,
+            },
+        )
+        run_id = run.info.run_id
+        for key, value in trial.params.items():
+            self.client.log_param(run_id, key, str(_decoded(value)))
+        if trial.value is not None:
+            self.client.log_metric(run_id, "val_loss", trial.value)
+        for step, value in sorted(trial.intermediate_values.items()):
+            self.client.log_metric(run_id, "val_loss_curve", value, step=step)
+        if "best_step" in trial.user_attrs:
+            self.client.log_metric(run_id, "best_step", trial.user_attrs["best_step"])
+        state = "FINISHED" if trial.state.name in ("COMPLETE", "PRUNED") else "FAILED"
+        self.client.set_terminated(run_id, status=state)
+        with self.lock:
+            complete = _complete_trials(study)
+            best = min((t.value for t in complete), default=float("nan"))
+            self.progress.update(
+                self.task_id, advance=1, description=f"tune: best val loss {best:.5g}"
+            )
+
+
+@report_user_errors
+def main(
+    params: Annotated[Path, typer.Option(help="The params file.")] = DEFAULT_PARAMS,
+    raw: Annotated[Path, typer.Option(help="The ingest stage's folder.")] = Path("data/raw"),
+    split: Annotated[Path, typer.Option(help="The split stage's folder.")] = Path("data/split"),
+    out: Annotated[Path, typer.Option(help="The tuned model folder.")] = Path("models/tuned"),
+    report: Annotated[Path, typer.Option(help="Folder for summary.json, trials.csv.")] = Path(
+        "reports/tuning"
+    ),
+    metrics: Annotated[Path, typer.Option(help="Flat figures for `dvc metrics`.")] = Path(
+        "metrics/tune.json"
+    ),
+    search_only: Annotated[
+        bool,
+        typer.Option(
+            "--search-only", help="Add trials to the shared study; write nothing (a worker)."
+        ),
+    ] = False,
+) -> None:
+    """Search train.<model>'s params with Optuna; refit the best into models/tuned."""
+    loaded = load_params(params)
+    config, train_config = loaded.tune, loaded.train
+    spec = DatasetSpec.read(raw / "schema.yaml")
+    train_path, val_path = split / "train.parquet", split / "val.parquet"
+    train_rows = read_stage_input(train_path, "split")
+    val_rows = read_stage_input(val_path, "split")
+    if search_only and not config.storage:
+        raise ConfigError("tune.storage is null: --search-only workers need a shared storage")
+
+    import mlflow
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from pipeline import tracking
+    from pipeline.scoring import score
+
+    experiment_id = tracking.start_tracking(loaded.mlflow)
+    provenance = tracking.provenance_tags([train_path, val_path])
+    data_digest = provenance["driftline.data_version"]
+    space = config.search_space.get(train_config.model, {})
+    budget = config.n_trials if space else 0
+    started = time.perf_counter()
+    run_name = f"tune-{train_config.model}" + ("-worker" if search_only else "")
+    with (
+        mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run,
+        Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            transient=False,
+        ) as progress,
+    ):
+        mlflow.set_tags(
+            {"driftline.stage": "tune", "driftline.family": train_config.model, **provenance}
+        )
+        mlflow.log_params(tracking.flat_params("train", train_config.recorded()))
+        mlflow.log_params(
+            {
+                "tune.n_trials": config.n_trials,
+                "tune.timeout": config.timeout,
+                "tune.n_jobs": config.n_jobs,
+                "tune.pruner": config.pruner,
+                "tune.cv_folds": config.cv_folds,
+            }
+        )
+        task_id = progress.add_task("tune: searching", total=budget or None)
+        logger = TrialLogger(experiment_id, run.info.run_id, progress, task_id)
+        result = tune(
+            train_rows,
+            val_rows,
+            spec,
+            train_config,
+            config,
+            data_digest,
+            on_trial=logger,
+            search_only=search_only,
+        )
+        if result is None:
+            say(f"tune worker: added up to {config.n_trials} trials to the shared study")
+            return
+        seconds = time.perf_counter() - started
+        mlflow.set_tag("driftline.study", result.study_name)
+        mlflow.log_params({f"best.{key}": value for key, value in result.best_params.items()})
+        val_metrics = rounded(score(result.model, val_rows, spec.target).metrics)
+        result.model.save(out)
+        trials_csv = result.trials.to_csv(index=False)
+        write_text_atomic(report / "trials.csv", trials_csv)
+        mlflow.log_text(trials_csv, "tuning/trials.csv")
+        model_uri = tracking.log_fitted_model(
+            result.model,
+            out,
+            {f"val_{name}": value for name, value in val_metrics.items()},
+            val_rows,
+        )
+        mlflow.log_metric("tune_seconds", seconds)
+
+    summary = {
+        "run_id": run.info.run_id,
+        "model_uri": model_uri,
+        "family": train_config.model,
+        "study": result.study_name,
+        "storage": config.storage,
+        "best_params": result.best_params,
+        "best_val_loss": result.best_value,
+        "default_val_loss": result.default_value,
+        "refit_val_loss": round(result.model.report.val_loss, 6),
+        "best_step": result.model.report.best_step,
+        "threshold": result.model.threshold,
+        "seconds": round(seconds, 3),
+        **result.counts,
+        "val": val_metrics,
+    }
+    write_json_atomic(report / "summary.json", summary)
+    write_json_atomic(
+        metrics,
+        {
+            "trials": result.counts["trials"],
+            "pruned": result.counts["pruned"],
+            "refit_val_loss": summary["refit_val_loss"],
+            **{f"val_{name}": value for name, value in val_metrics.items()},
+        },
+    )
+    gained = ""
+    if result.default_value and result.best_value is not None:
+        gained = f" (train's params: {result.default_value:.5g})"
+    say(
+        f"tune ({train_config.model}): {result.counts['complete']} complete, "
+        f"{result.counts['pruned']} pruned in {seconds:.0f} s; best val loss "
+        f"{result.best_value if result.best_value is not None else float('nan'):.5g}"
+        f"{gained} -> {out}"
+    )
+
+
+if __name__ == "__main__":
+    typer.run(main)
