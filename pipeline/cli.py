@@ -9,7 +9,7 @@ import typer
 
 from pipeline.config import DEFAULT_PARAMS, load_params
 from pipeline.console import report_user_errors, say
-from pipeline.stages import clean, ingest, split, validate
+from pipeline.stages import clean, evaluate, ingest, split, train, tune, validate
 
 app = typer.Typer(
     name="driftline",
@@ -22,6 +22,9 @@ app.command("ingest")(ingest.main)
 app.command("validate")(validate.main)
 app.command("clean")(clean.main)
 app.command("split")(split.main)
+app.command("train")(train.main)
+app.command("tune")(tune.main)
+app.command("evaluate")(evaluate.main)
 
 
 @app.command("check-params")

@@ -75,14 +75,17 @@ class Project:
         return CommandResult(result.exit_code, result.stdout, result.stderr, result.exception)
 
     def run_data_stages(self) -> None:
-        for stage in ("ingest", "validate", "clean", "split"):
+        self.run_stages("ingest", "validate", "clean", "split")
+
+    def run_stages(self, *stages: str) -> None:
+        for stage in stages:
             result = self.run(stage)
             assert result.exit_code == 0, f"{stage} failed: {result.stderr}"
 
     def snapshot(self) -> dict[str, str]:
         """SHA-256 of every output file, to prove a failed run changed nothing."""
         digests = {}
-        for folder in ("data", "reports", "metrics"):
+        for folder in ("data", "reports", "metrics", "models", "plots"):
             base = self.root / folder
             if base.exists():
                 for path in sorted(base.rglob("*")):
@@ -93,14 +96,18 @@ class Project:
 
 
 @pytest.fixture
-def project(tmp_path: Path) -> Project:
-    """The repo's params.yaml pointed at a 2,000-row slice of the bike data."""
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Project:
+    """The repo's params.yaml pointed at a 2,000-row slice of the bike data, with its
+    own MLflow store (so each test starts with an empty registry)."""
     root = tmp_path / "project"
     root.mkdir()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
     shutil.copy(REPO / "params.yaml", root / "params.yaml")
     project = Project(root)
     params = project.params()
     params["data"]["source"] = str(FIXTURES / "bike_sharing_2000.csv")
     params["validate"]["min_rows"] = 100
+    # A small search, so that tests of the model stages take seconds.
+    params["tune"].update(n_trials=3, timeout=60)
     project.write_params(params)
     return project
