@@ -138,11 +138,10 @@ def log_model(model: TabularModel, model_dir: Path, example: pd.DataFrame) -> st
 
     columns = list(model.features.columns)
     example = example[columns].head(5)
-    # Numerics are doubles, so an integer column may also arrive with gaps (as floats).
-    example = example.astype({column: "float64" for column in model.features.numeric})
     output = model.predict(example)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # the same hint about integer columns
+        # MLflow's hint that integer columns cannot hold gaps: the types are train's own.
+        warnings.simplefilter("ignore", UserWarning)
         signature = infer_signature(example, pd.Series(output))
     info = mlflow.pyfunc.log_model(
         name="model",

@@ -51,9 +51,7 @@ def test_predictions_do_not_depend_on_row_order_or_batch(bike: Fitted) -> None:
 
 def test_columns_beyond_the_features_are_ignored(bike: Fitted) -> None:
     rows = bike.test.head(200)
-    noisy = rows.assign(instant=-1, extra_column="x")[
-        list(reversed(rows.columns)) + ["extra_column"]
-    ]
+    noisy = rows.assign(instant=-1, extra_column="x")[[*reversed(rows.columns), "extra_column"]]
     np.testing.assert_allclose(bike.model.predict(noisy), bike.model.predict(rows), rtol=1e-6)
 
 

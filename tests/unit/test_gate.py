@@ -76,9 +76,9 @@ def test_primary_metric_defaults_by_task(task: str, configured: None, expected: 
 
 
 def test_a_metric_of_another_task_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="evaluate.primary_metric: roc_auc is not a regression"):
+    with pytest.raises(ConfigError, match=r"evaluate\.primary_metric: roc_auc is not a regression"):
         primary_metric("regression", "roc_auc")
-    with pytest.raises(ConfigError, match="evaluate.floors.rmse: not a binary metric"):
+    with pytest.raises(ConfigError, match=r"evaluate\.floors\.rmse: not a binary metric"):
         check_floors("binary", {"rmse": 10.0})
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks that print figures (not tests): `python -m bench.stages` times the DVC stages."""

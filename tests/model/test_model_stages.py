@@ -1,0 +1,134 @@
+"""train -> tune -> evaluate through the real commands, with a real MLflow store and
+registry in the test's folder, on a 2,000-row slice of the bike data."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import optuna
+import pandas as pd
+import pytest
+
+from pipeline import registry
+from pipeline.config import load_params
+from tests.conftest import Project
+
+MODEL_STAGES = ("train", "tune", "evaluate")
+
+
+def read(project: Project, relative: str) -> dict:
+    return json.loads((project.root / relative).read_text())
+
+
+def make_champion(project: Project) -> str:
+    """Register the tuned model of the last run and point `champion` at it."""
+    config = load_params(project.params_path).mlflow
+    version = registry.register(config, read(project, "reports/tuning/summary.json")["model_uri"])
+    registry.set_alias(config, registry.CHAMPION, version)
+    return version
+
+
+@pytest.fixture
+def trained(project: Project) -> Project:
+    project.run_data_stages()
+    project.run_stages(*MODEL_STAGES)
+    return project
+
+
+def test_first_model_is_judged_on_the_floors_alone(trained: Project) -> None:
+    gate = read(trained, "reports/gate.json")
+    assert gate["passed"] and gate["reason"].startswith("no champion yet")
+    assert gate["champion"] is None and gate["floors"]["r2"]["met"]
+    metrics = read(trained, "metrics/evaluate.json")
+    assert metrics["rmse"] < metrics["baseline_rmse"]
+    assert {"rmse", "mae", "r2", "untuned_rmse", "gate_passed"} <= set(metrics)
+    evaluation = read(trained, "reports/evaluation.json")
+    assert {entry["feature"] for entry in evaluation["importance"]} >= {"hr", "temp"}
+    assert set(evaluation["slices"]) == {"season", "weathersit", "workingday"}
+    pngs = {path.name for path in (trained.root / "plots/png").iterdir()}
+    assert pngs == {"predicted_vs_actual.png", "residuals_over_time.png", "importance.png"}
+    assert (trained.root / "plots/predictions.csv").exists()
+
+
+def test_runs_hold_params_metrics_model_and_provenance(trained: Project) -> None:
+    mlflow.set_tracking_uri(f"sqlite:///{trained.root / 'mlflow.db'}")
+    tuning = read(trained, "reports/tuning/summary.json")
+    run = mlflow.get_run(tuning["run_id"])
+    assert run.data.params["train.model"] == "xgboost"
+    assert "best.learning_rate" in run.data.params
+    assert {"val_rmse", "test_rmse", "baseline_rmse", "untuned_rmse"} <= set(run.data.metrics)
+    tags = run.data.tags
+    assert tags["driftline.gate"] == "passed"
+    assert len(tags["driftline.data_version"]) == 16
+    assert "driftline.dvc_lock_sha256" in tags
+    artifacts = {item.path for item in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+    assert {"evaluation", "tuning", "model.json"} <= artifacts
+    trials = mlflow.search_runs(
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'",
+    )
+    assert len(trials) == tuning["trials"] == 3
+    # The logged model takes raw columns and predicts through MLflow's own loader.
+    test = pd.read_parquet(trained.root / "data/split/test.parquet").head(4)
+    predicted = mlflow.pyfunc.load_model(tuning["model_uri"]).predict(test)
+    assert len(predicted) == 4
+
+
+def test_gate_refuses_a_worse_candidate_then_passes_a_better_one(trained: Project) -> None:
+    good = make_champion(trained)
+    trained.update("tune", n_trials=0)
+    trained.update("evaluate", floors={})  # the champion alone decides here
+    params = trained.params()
+    params["train"]["xgboost"].update(n_estimators=3, learning_rate=0.05)
+    trained.write_params(params)
+    trained.run_stages(*MODEL_STAGES)
+    refused = read(trained, "reports/gate.json")
+    assert not refused["passed"]
+    assert refused["champion_version"] == good
+    assert refused["reason"].startswith("does not beat the champion by enough")
+    assert refused["improvement"] < 0
+    assert read(trained, "metrics/evaluate.json")["gate_passed"] is False
+
+    # The weak model becomes the champion; the usual params beat it.
+    make_champion(trained)
+    params["train"]["xgboost"].update(n_estimators=2000)
+    trained.write_params(params)
+    trained.run_stages(*MODEL_STAGES)
+    passed = read(trained, "reports/gate.json")
+    assert passed["passed"] and passed["reason"].startswith("beats the champion")
+    assert passed["improvement"] > 0.01
+
+
+def test_a_floor_refuses_the_first_model(trained: Project) -> None:
+    trained.update("evaluate", floors={"r2": 0.999})
+    result = trained.run("evaluate")
+    assert result.exit_code == 0
+    gate = read(trained, "reports/gate.json")
+    assert not gate["passed"] and gate["reason"].startswith("fails the floor: r2")
+
+
+def test_tuning_on_a_tiny_budget_shares_its_study(trained: Project) -> None:
+    summary = read(trained, "reports/tuning/summary.json")
+    assert summary["trials"] == 3 and summary["complete"] + summary["pruned"] == 3
+    # The first trial is train's own params, so tuning never starts worse than train.
+    assert summary["best_val_loss"] <= summary["default_val_loss"]
+    trials = pd.read_csv(trained.root / "reports/tuning/trials.csv")
+    assert len(trials) == 3 and "params_learning_rate" in trials
+
+    before = trained.snapshot()
+    worker = trained.run("tune", "--search-only")
+    assert worker.exit_code == 0, worker.stderr
+    storage = f"sqlite:///{trained.root / 'optuna.db'}"
+    study = optuna.load_study(study_name=summary["study"], storage=storage)
+    assert len(study.trials) == 6
+    assert trained.snapshot() == before  # a worker writes no outputs
+
+
+def test_train_param_changes_reach_the_model(trained: Project) -> None:
+    trained.update("tune", n_trials=0)
+    trained.run_stages("train", "tune")
+    first = read(trained, "reports/train.json")
+    trained.update("train", seed=7)
+    trained.run_stages("train")
+    assert read(trained, "reports/train.json")["run_id"] != first["run_id"]
