@@ -96,9 +96,7 @@ class XGBoostLearner(Learner):
         )
         curve = [float(value) for value in history["val"][metric]]
         best = int(self.booster.attr("best_iteration") or len(curve) - 1)
-        return FitReport(
-            best_step=best, val_loss=curve[best], history=curve, device=self.device
-        )
+        return FitReport(best_step=best, val_loss=curve[best], history=curve, device=self.device)
 
     def predict_raw(self, prepared: pd.DataFrame) -> np.ndarray:
         output = self.booster.inplace_predict(self.features.encoded_matrix(prepared))

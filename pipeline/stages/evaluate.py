@@ -290,9 +290,7 @@ def main(
     candidate = load_model(model)
     scored = score(candidate, test_rows, spec.target)
     untuned_metrics = score(load_model(untuned), test_rows, spec.target).metrics
-    baseline_name, baseline_metrics = baseline(
-        train_rows, test_rows, spec, config.baseline_groups
-    )
+    baseline_name, baseline_metrics = baseline(train_rows, test_rows, spec, config.baseline_groups)
 
     with tempfile.TemporaryDirectory(prefix="driftline-champion-") as scratch:
         champion = registry.fetch_alias(loaded.mlflow, registry.CHAMPION, Path(scratch))

@@ -105,9 +105,7 @@ def default_point(
     return point
 
 
-def study_name(
-    train_config: TrainConfig, config: TuneConfig, data_digest: str, space: dict
-) -> str:
+def study_name(train_config: TrainConfig, config: TuneConfig, data_digest: str, space: dict) -> str:
     """Same data, family, params and space: same study, so workers can share it."""
     identity = json.dumps(
         {
@@ -289,9 +287,7 @@ class TrialLogger:
     the fluent API's active-run stack.
     """
 
-    def __init__(
-        self, experiment_id: str, parent_run_id: str, progress: Any, task_id: Any
-    ) -> None:
+    def __init__(self, experiment_id: str, parent_run_id: str, progress: Any, task_id: Any) -> None:
         import mlflow
 
         self.client = mlflow.MlflowClient()
