@@ -12,11 +12,15 @@ It is a benchmark, not a test: it asserts nothing and writes nothing in the repo
 - heavy at import: the heavy libraries (`HEAVY`) that `import pipeline.stages.<name>`
   alone pulls in. A stage module should import them only in the functions that use them.
 - `dvc repro`: the same pipeline in a second fresh copy, cold and then with nothing
-  changed; the difference from the sum of stage walls is DVC's own share.
+  changed. Its `python` is a shim that stamps each stage command's start and end, so
+  DVC's own share (dvc repro minus the stage commands inside it) comes from one run and
+  is not skewed by how the separate stage runs above happened to go.
 
 MLflow, Optuna and Prefect state live in the temporary copies, which are removed at the
 end unless `--keep`. `--trials` and `--timeout` shrink the tuning budget so the whole
-benchmark takes a few minutes on two cores.
+benchmark takes a few minutes on two cores. xgboost uses every core (`n_jobs: 0`), so
+the training stages slow down many times over when anything else runs: the header shows
+the load average at the start.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -60,6 +64,15 @@ QUIET = {
     "ORT_DISABLE_TELEMETRY": "1",
     "GX_ANALYTICS_ENABLED": "false",
 }
+# dvc.yaml's `python` inside `dvc repro`: runs the real one and appends
+# "<start> <end> <args>" to a log. Bash's own EPOCHREALTIME: no extra process.
+SHIM = """#!/usr/bin/env bash
+started=$EPOCHREALTIME
+{python} "$@"
+status=$?
+echo "$started $EPOCHREALTIME $*" >> {log}
+exit $status
+"""
 
 # What each stage imports inside functions before (or while) it does its work, for the
 # default params (builtin bike data: regression, a time split). `{family}` is
@@ -132,21 +145,24 @@ LAZY_IMPORTS: dict[str, tuple[str, ...]] = {
 
 @dataclass
 class StageFigures:
-    """One stage's figures, in seconds; `heavy` is what its module import pulls in."""
+    """One stage's figures, in seconds; `heavy` is what its module import pulls in and
+    `in_dvc` its command's wall time inside `dvc repro` (None without dvc)."""
 
     name: str
     wall: float
     module_import: float
     overhead: float
     heavy: list[str]
+    in_dvc: float | None = None
 
 
 @dataclass
 class DvcFigures:
-    """Cold and no-op `dvc repro` wall times, in seconds."""
+    """A cold `dvc repro`, the stage commands' walls inside it, and a no-op repro."""
 
     cold: float
     noop: float
+    stages: dict[str, float] = field(default_factory=dict)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -178,15 +194,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def quiet_env(project: Path) -> dict[str, str]:
+def quiet_env(project: Path, bin_dir: Path = BIN) -> dict[str, str]:
     """The environment of every child: telemetry off, MLflow and Prefect state in the
-    project copy, and this interpreter's bin first so dvc.yaml's `python` is this one."""
+    project copy, and `bin_dir` first on PATH so dvc.yaml's `python` is ours."""
     return {
         **os.environ,
         **QUIET,
         "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}",
         "PREFECT_HOME": str(project / "prefect"),
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PATH": os.pathsep.join([str(bin_dir), str(BIN), os.environ.get("PATH", "")]),
     }
 
 
@@ -243,11 +259,15 @@ def run_stages(project: Path) -> dict[str, float]:
     return walls
 
 
+def stage_imports(stage: str, family: str) -> list[str]:
+    """The modules a stage imports before its work: its module, then `LAZY_IMPORTS`."""
+    lazy = [module.format(family=family) for module in LAZY_IMPORTS[stage]]
+    return [f"pipeline.stages.{stage}", *lazy]
+
+
 def import_code(stage: str, family: str) -> str:
     """The `python -c` line that imports what the stage needs before its work."""
-    modules = [f"pipeline.stages.{stage}"]
-    modules += [module.format(family=family) for module in LAZY_IMPORTS[stage]]
-    return "; ".join(f"import {module}" for module in modules)
+    return "; ".join(f"import {module}" for module in stage_imports(stage, family))
 
 
 def heavy_at_import(stage: str, project: Path, env: dict[str, str]) -> list[str]:
@@ -282,31 +302,58 @@ def measure_imports(
 
 def slowest_imports(stage: str, project: Path, family: str, count: int) -> list[tuple[float, str]]:
     """Where a stage's overhead goes: the `count` slowest of the modules its import line
-    (`import_code`) names or reaches first, by cumulative `python -X importtime` time,
-    as (seconds, module). Each is counted once: nested imports are in their parent."""
+    (`import_code`) reaches first, by cumulative `python -X importtime` time, as
+    (seconds, module). Each is counted once: nested imports are inside their parent."""
+    modules = stage_imports(stage, family)
     argv = [sys.executable, "-X", "importtime", "-c", import_code(stage, family)]
     env = {**quiet_env(project), "MPLBACKEND": "Agg"}
     done = subprocess.run(argv, cwd=project, env=env, capture_output=True, text=True)
     rows = []
     for line in done.stderr.splitlines():
         parts = line.removeprefix("import time:").split("|")
-        name = parts[-1].rstrip()
-        if len(parts) == 3 and parts[1].strip().isdigit() and not name.startswith("  "):
-            rows.append((int(parts[1]) / 1e6, name.strip()))
+        if len(parts) != 3 or not parts[1].strip().isdigit() or parts[2].startswith("   "):
+            continue  # the header, or a nested import
+        name = parts[2].strip()
+        if any(module == name or module.startswith(f"{name}.") for module in modules):
+            rows.append((int(parts[1]) / 1e6, name))
     return sorted(rows, reverse=True)[:count]
 
 
+def write_shim(project: Path) -> tuple[Path, Path]:
+    """A folder holding the timing `python` (see `SHIM`) for this project, and its log."""
+    shim_dir = Path(tempfile.mkdtemp(prefix="shim-", dir=project.parent))
+    log = shim_dir / "stages.log"
+    shim = shim_dir / "python"
+    shim.write_text(SHIM.format(python=shlex.quote(sys.executable), log=shlex.quote(str(log))))
+    shim.chmod(0o755)
+    return shim_dir, log
+
+
+def read_shim_log(log: Path) -> dict[str, float]:
+    """Wall seconds per stage command, from the shim's log (the last run of each)."""
+    walls = {}
+    for line in log.read_text().splitlines() if log.exists() else []:
+        started, ended, *args = line.replace(",", ".").split()
+        stages = [arg.removeprefix("pipeline.stages.") for arg in args]
+        for stage in set(stages) & set(STAGES):
+            walls[stage] = float(ended) - float(started)
+    return walls
+
+
 def run_dvc(project: Path) -> DvcFigures:
-    """`dvc init --no-scm`, then a cold `dvc repro` and a no-op one."""
-    env = quiet_env(project)
+    """`dvc init --no-scm`, then a cold `dvc repro` (stage commands timed by the shim)
+    and a no-op one."""
+    shim_dir, log = write_shim(project)
+    env = quiet_env(project, shim_dir)
     dvc = str(BIN / "dvc")
     timed([dvc, "init", "--no-scm", "-q"], project, env)
     timed([dvc, "config", "core.analytics", "false"], project, env)
     cold, _ = timed([dvc, "repro"], project, env)
+    stages = read_shim_log(log)
     noop, out = timed([dvc, "repro"], project, env)
     if "Running stage" in out:
         print("warning: the second dvc repro re-ran stages", file=sys.stderr)
-    return DvcFigures(cold=cold, noop=noop)
+    return DvcFigures(cold=cold, noop=noop, stages=stages)
 
 
 def row_count(project: Path) -> int | None:
@@ -320,26 +367,34 @@ def percent(part: float, whole: float) -> str:
     return f"{100 * part / whole:.0f}%" if whole > 0 else "-"
 
 
+def seconds(value: float | None, width: int) -> str:
+    """A table cell: seconds to two places, or "-" when not measured."""
+    return f"{value:>{width}.2f}" if value is not None else f"{'-':>{width}}"
+
+
 def print_table(figures: list[StageFigures]) -> None:
     """One line per stage, then the column totals. `import s` is the stage module
     alone; `overhead %` is the overhead's share of the stage's wall time."""
     header = (
-        f"{'stage':<9} {'wall s':>7} {'import s':>9} {'overhead s':>11} {'overhead %':>11}"
-        "  heavy modules at import"
+        f"{'stage':<9} {'wall s':>7} {'in dvc s':>9} {'import s':>9} {'overhead s':>11}"
+        f" {'overhead %':>11}  heavy modules at import"
     )
     print(header)
     print("-" * len(header))
     for row in figures:
         print(
-            f"{row.name:<9} {row.wall:>7.2f} {row.module_import:>9.2f} {row.overhead:>11.2f}"
+            f"{row.name:<9} {row.wall:>7.2f} {seconds(row.in_dvc, 9)}"
+            f" {row.module_import:>9.2f} {row.overhead:>11.2f}"
             f" {percent(row.overhead, row.wall):>11}  {', '.join(row.heavy) or 'none'}"
         )
     wall = sum(row.wall for row in figures)
+    in_dvc = [row.in_dvc for row in figures if row.in_dvc is not None]
     overhead = sum(row.overhead for row in figures)
     module = sum(row.module_import for row in figures)
     print("-" * len(header))
     print(
-        f"{'total':<9} {wall:>7.2f} {module:>9.2f} {overhead:>11.2f} {percent(overhead, wall):>11}"
+        f"{'total':<9} {wall:>7.2f} {seconds(sum(in_dvc) if in_dvc else None, 9)}"
+        f" {module:>9.2f} {overhead:>11.2f} {percent(overhead, wall):>11}"
     )
 
 
@@ -348,21 +403,23 @@ def print_totals(figures: list[StageFigures], dvc: DvcFigures | None) -> None:
     wall = sum(row.wall for row in figures)
     overhead = sum(row.overhead for row in figures)
     print()
-    print(f"sum of stage wall times:     {wall:7.2f} s")
-    print(f"sum of start-up overheads:   {overhead:7.2f} s ({percent(overhead, wall)} of it)")
+    print(f"sum of stage wall times:        {wall:7.2f} s (stages run one by one)")
+    print(f"sum of start-up overheads:      {overhead:7.2f} s = {percent(overhead, wall)} of it")
     if dvc is None:
         return
-    own = dvc.cold - wall
-    print(f"cold dvc repro:              {dvc.cold:7.2f} s")
+    inside = sum(dvc.stages.values())
+    own = dvc.cold - inside
+    print(f"cold dvc repro:                 {dvc.cold:7.2f} s")
+    print(f"  its stage commands:           {inside:7.2f} s = {percent(inside, dvc.cold)}")
     print(
-        f"  overhead share:            {overhead:7.2f} s = {percent(overhead, dvc.cold)}"
-        " of cold dvc repro (sum of overheads / dvc repro)"
+        f"  DVC's own share:              {own:7.2f} s = {percent(own, dvc.cold)}"
+        " (dvc repro - its stage commands)"
     )
     print(
-        f"  DVC's own share:           {own:7.2f} s = {percent(own, dvc.cold)}"
-        " (dvc repro - sum of stage walls)"
+        f"  start-up overhead share:      {overhead:7.2f} s = {percent(overhead, dvc.cold)}"
+        " (sum of overheads / dvc repro)"
     )
-    print(f"no-op dvc repro:             {dvc.noop:7.2f} s (nothing changed)")
+    print(f"no-op dvc repro:                {dvc.noop:7.2f} s (nothing changed)")
 
 
 def describe(args: argparse.Namespace, family: str, rows: int | None, load: float) -> None:
@@ -387,13 +444,24 @@ def print_importtime(project: Path, family: str, count: int) -> None:
     """Per stage, the imports its start-up overhead goes to."""
     for stage in STAGES:
         print(f"\nslowest imports of stage {stage}'s start-up (cumulative s):")
-        for seconds, name in slowest_imports(stage, project, family, count):
-            print(f"  {seconds:6.3f} {name}")
+        for spent, name in slowest_imports(stage, project, family, count):
+            print(f"  {spent:6.3f} {name}")
 
 
 def medians(runs: list[dict[str, float]]) -> dict[str, float]:
     """Each stage's median wall time over the cold runs."""
-    return {name: statistics.median(run[name] for run in runs) for name in STAGES}
+    walls = {name: [run[name] for run in runs if name in run] for name in STAGES}
+    return {name: statistics.median(values) for name, values in walls.items() if values}
+
+
+def run_all_dvc(root: Path, args: argparse.Namespace) -> DvcFigures:
+    """`--repeat` cold `dvc repro`s, each in a fresh copy; the medians."""
+    runs = [run_dvc(make_project(root, args.trials, args.timeout)) for _ in range(args.repeat)]
+    return DvcFigures(
+        cold=statistics.median(run.cold for run in runs),
+        noop=statistics.median(run.noop for run in runs),
+        stages=medians([run.stages for run in runs]),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -413,17 +481,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             run_stages(make_project(root, args.trials, args.timeout))
             for _ in range(args.repeat - 1)
         ]
-        dvc = None
-        if not args.no_dvc:
-            dvc_runs = [
-                run_dvc(make_project(root, args.trials, args.timeout)) for _ in range(args.repeat)
-            ]
-            dvc = DvcFigures(
-                cold=statistics.median(run.cold for run in dvc_runs),
-                noop=statistics.median(run.noop for run in dvc_runs),
-            )
+        dvc = None if args.no_dvc else run_all_dvc(root, args)
         walls = medians(runs)
-        figures = [StageFigures(name, walls[name], *imports[name]) for name in STAGES]
+        figures = [
+            StageFigures(name, walls[name], *imports[name], dvc.stages.get(name) if dvc else None)
+            for name in STAGES
+        ]
         describe(args, family, row_count(first), load)
         print(f"interpreter start alone (python -c pass): {bare:.3f} s")
         print()

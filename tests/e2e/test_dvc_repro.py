@@ -1,4 +1,4 @@
-"""`dvc repro` of the data stages in a fresh project, on a slice of the real bike data."""
+"""`dvc repro` of every stage in a fresh project, on a slice of the real bike data."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from tests.conftest import FIXTURES, QUIET, REPO
 
 pytestmark = pytest.mark.e2e
 
-STAGES = ("ingest", "validate", "clean", "split")
+STAGES = ("ingest", "validate", "clean", "split", "train", "tune", "evaluate")
+MODEL_STAGES = {"train", "tune", "evaluate"}
 
 
 class DvcProject:
@@ -26,6 +27,7 @@ class DvcProject:
             **os.environ,
             **QUIET,
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
         }
 
     def dvc(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -54,6 +56,7 @@ class DvcProject:
 
     def outputs(self) -> dict[str, bytes]:
         paths = [p for p in (self.root / "data").rglob("*.parquet") if "landing" not in p.parts]
+        paths += [p for p in (self.root / "models").rglob("*") if p.is_file()]
         return {str(p.relative_to(self.root)): p.read_bytes() for p in sorted(paths)}
 
 
@@ -71,6 +74,7 @@ def dvc_project(tmp_path_factory: pytest.TempPathFactory) -> DvcProject:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"]["source"] = str(FIXTURES / "bike_sharing_2000.csv")
     params["validate"]["min_rows"] = 100
+    params["tune"].update(n_trials=3, timeout=60)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     project = DvcProject(root)
     project.dvc("init", "--no-scm", "-q")
@@ -78,7 +82,7 @@ def dvc_project(tmp_path_factory: pytest.TempPathFactory) -> DvcProject:
     return project
 
 
-def test_repro_runs_the_four_stages(dvc_project: DvcProject) -> None:
+def test_repro_runs_every_stage(dvc_project: DvcProject) -> None:
     first = dvc_project.dvc("repro")
     assert dvc_project.ran(first.stdout) == set(STAGES)
     for part in ("train", "val", "test"):
@@ -90,6 +94,11 @@ def test_repro_runs_the_four_stages(dvc_project: DvcProject) -> None:
     assert (dvc_project.root / "reports/validation/docs/index.html").exists()
     metrics = dvc_project.dvc("metrics", "show", "--json").stdout
     assert '"train_rows"' in metrics and '"critical_failures": 0' in metrics
+    assert '"baseline_rmse"' in metrics and '"gate_passed": true' in metrics
+    assert (dvc_project.root / "models/tuned/model.json").exists()
+    assert (dvc_project.root / "plots/png/predicted_vs_actual.png").exists()
+    shown = dvc_project.dvc("plots", "show", "-o", "dvc_plots")
+    assert (dvc_project.root / "dvc_plots/index.html").exists(), shown.stderr
 
 
 def test_second_repro_does_nothing(dvc_project: DvcProject) -> None:
@@ -103,7 +112,24 @@ def test_split_param_reruns_split_only(dvc_project: DvcProject) -> None:
     status = dvc_project.dvc("status").stdout
     assert "split:" in status and "ingest:" not in status and "clean:" not in status
     rerun = dvc_project.dvc("repro")
+    # A time split does not use the seed: only the reference sample changes, so the
+    # train and val files are byte-identical and nothing after split runs again.
     assert dvc_project.ran(rerun.stdout) == {"split"}
+
+
+def test_train_param_reruns_train_and_after_only(dvc_project: DvcProject) -> None:
+    dvc_project.edit_params("train", "seed", 7)
+    status = dvc_project.dvc("status").stdout
+    assert {"train:", "tune:"} <= set(status.split())
+    assert "split:" not in status and "ingest:" not in status
+    rerun = dvc_project.dvc("repro")
+    assert dvc_project.ran(rerun.stdout) == MODEL_STAGES
+
+
+def test_evaluate_param_reruns_evaluate_only(dvc_project: DvcProject) -> None:
+    dvc_project.edit_params("evaluate", "min_improvement", 0.02)
+    rerun = dvc_project.dvc("repro")
+    assert dvc_project.ran(rerun.stdout) == {"evaluate"}
 
 
 def test_bad_source_fails_and_keeps_every_output(dvc_project: DvcProject) -> None:

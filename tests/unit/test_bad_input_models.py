@@ -1,0 +1,125 @@
+"""The model stages' bad input: one clear line, a non-zero exit, no traceback, and the
+last good model, metrics and plots left exactly as they were."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import FIXTURES, REPO, Project
+from tests.unit.test_bad_input import assert_one_clear_line
+
+
+@pytest.fixture(scope="module")
+def trained_once(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
+    root = tmp_path_factory.mktemp("bad-models")
+    shutil.copy(REPO / "params.yaml", root / "params.yaml")
+    project = Project(root)
+    params = project.params()
+    params["data"]["source"] = str(FIXTURES / "bike_sharing_2000.csv")
+    params["validate"]["min_rows"] = 100
+    params["tune"].update(n_trials=2)
+    project.write_params(params)
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
+    project.run_stages("ingest", "validate", "clean", "split", "train", "tune", "evaluate")
+    yield project
+    if saved is not None:
+        os.environ["MLFLOW_TRACKING_URI"] = saved
+
+
+@pytest.fixture
+def trained(trained_once: Project) -> Iterator[Project]:
+    """The trained project; each test's changes to params.yaml are undone after it."""
+    params = trained_once.params_path.read_text()
+    yield trained_once
+    trained_once.params_path.write_text(params)
+
+
+def refuses(project: Project, stages: tuple[str, ...], code: int, expected: str) -> None:
+    before = project.snapshot()
+    for stage in stages:
+        result = project.run(stage)
+        assert result.exit_code == code, (stage, result.stderr)
+        assert_one_clear_line(result.stderr, expected)
+    assert project.snapshot() == before
+
+
+@pytest.mark.parametrize(
+    ("section", "values", "expected"),
+    [
+        ("train", {"model": "lightgbm"}, "train.model: Input should be 'xgboost', 'sklearn' or 'torch'"),
+        ("train", {"xgboost": {"learning_rate": 0}}, "train.xgboost.learning_rate: Input should be greater than 0"),
+        ("train", {"torch": {"hidden_sizes": []}}, "train.torch.hidden_sizes: List should have at least 1 item"),
+        ("tune", {"search_space": {"xgboost": {"depth": {"low": 1, "high": 3}}}}, "search_space.xgboost.depth: not a train.xgboost parameter"),
+        ("tune", {"search_space": {"xgboost": {"max_depth": {"low": 5, "high": 2}}}}, "low (5) is greater than high (2)"),
+        ("tune", {"cv_folds": 1}, "cv_folds must be 0 (off) or at least 2"),
+        ("evaluate", {"floors": {"accuracy_pct": 3}}, "evaluate.floors.accuracy_pct.[key]"),
+    ],
+)  # fmt: skip
+def test_bad_params_exit_2_naming_the_key(
+    trained: Project, section: str, values: dict, expected: str
+) -> None:
+    trained.update(section, **values)
+    refuses(trained, ("train", "tune", "evaluate"), 2, expected)
+
+
+def test_a_metric_the_task_does_not_have(trained: Project) -> None:
+    trained.update("evaluate", primary_metric="roc_auc")
+    refuses(
+        trained, ("evaluate",), 2, "evaluate.primary_metric: roc_auc is not a regression metric"
+    )
+
+
+@pytest.mark.parametrize("family", ["xgboost", "torch"])
+def test_cuda_asked_for_on_a_machine_without_it(trained: Project, family: str) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the request is valid here")
+    trained.update("train", device="cuda", model=family)
+    refuses(trained, ("train",), 2, f"train.device is cuda but {family} finds no CUDA device")
+
+
+def test_a_tracking_server_that_is_down(trained: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    refuses(
+        trained,
+        ("train", "tune", "evaluate"),
+        1,
+        "MLflow server http://127.0.0.1:9 is not reachable",
+    )
+
+
+def test_an_optuna_storage_that_cannot_open(trained: Project) -> None:
+    trained.update("tune", storage="nosuchdb://x/y")
+    refuses(trained, ("tune",), 2, "tune.storage: cannot open 'nosuchdb://x/y'")
+
+
+def test_model_stages_before_their_inputs(project: Project) -> None:
+    for stage in ("train", "tune", "evaluate"):
+        result = project.run(stage)
+        assert result.exit_code == 1
+        assert_one_clear_line(result.stderr, "run the ingest stage first")
+    project.run_data_stages()
+    (project.root / "data/split/val.parquet").unlink()
+    for stage in ("train", "tune", "evaluate"):
+        result = project.run(stage)
+        assert result.exit_code == 1
+        assert_one_clear_line(result.stderr, "val.parquet does not exist: run the split stage")
+
+
+def test_evaluate_without_a_tuned_model(trained: Project) -> None:
+    shutil.move(trained.root / "reports/tuning", trained.root / "tuning-aside")
+    try:
+        refuses(
+            trained,
+            ("evaluate",),
+            1,
+            "reports/tuning/summary.json does not exist: run the tune stage first",
+        )
+    finally:
+        shutil.move(trained.root / "tuning-aside", trained.root / "reports/tuning")
