@@ -6,8 +6,9 @@ the others. The first trial is `train`'s own params, so the search starts from t
 untuned model. Every trial is a nested MLflow run under the tune run.
 
 The study lives in `tune.storage` under a name fixed by the data, the family and the
-search space, so other processes running `driftline tune --search-only` on the same
-storage add trials to the same study.
+search space. `tune.n_trials` is the study's total, so re-running with the same
+inputs adds no trials and refits the same model, and other processes running
+`driftline tune --search-only` on the same storage share the budget.
 
 Outputs: `models/tuned/`, `reports/tuning/{summary.json,trials.csv}`, `metrics/tune.json`.
 """
@@ -222,14 +223,22 @@ def tune(
         default = default_point(train_config, space)
         if default is not None and not search_only:
             study.enqueue_trial(default, user_attrs={"default": True}, skip_if_exists=True)
-        study.optimize(
-            objective,
-            n_trials=config.n_trials,
-            timeout=config.timeout,
-            n_jobs=config.n_jobs,
-            callbacks=[on_trial] if on_trial else None,
-            catch=(),
-        )
+        # n_trials is the study's total: a re-run with the same inputs adds no trials
+        # and refits the same best, and workers stop once the study holds the budget.
+        finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        remaining = config.n_trials - len(study.get_trials(deepcopy=False, states=finished))
+        if remaining > 0:
+            callbacks: list = [optuna.study.MaxTrialsCallback(config.n_trials, states=finished)]
+            if on_trial:
+                callbacks.append(on_trial)
+            study.optimize(
+                objective,
+                n_trials=remaining,
+                timeout=config.timeout,
+                n_jobs=config.n_jobs,
+                callbacks=callbacks,
+                catch=(),
+            )
     if search_only:
         return None
     complete = _complete_trials(study)
@@ -404,7 +413,7 @@ def main(
             search_only=search_only,
         )
         if result is None:
-            say(f"tune worker: added up to {config.n_trials} trials to the shared study")
+            say(f"tune worker: the shared study holds its {config.n_trials} trials")
             return
         seconds = time.perf_counter() - started
         mlflow.set_tag("driftline.study", result.study_name)

@@ -116,13 +116,19 @@ def test_tuning_on_a_tiny_budget_shares_its_study(trained: Project) -> None:
     trials = pd.read_csv(trained.root / "reports/tuning/trials.csv")
     assert len(trials) == 3 and "params_learning_rate" in trials
 
+    # n_trials is the study's total: a re-run adds nothing and refits the same model.
+    assert trained.run("tune").exit_code == 0
+    storage = f"sqlite:///{trained.root / 'optuna.db'}"
+    assert len(optuna.load_study(study_name=summary["study"], storage=storage).trials) == 3
+    assert read(trained, "reports/tuning/summary.json")["best_params"] == summary["best_params"]
+
+    # A worker on the same storage works towards a larger budget and writes no outputs.
+    trained.update("tune", n_trials=5)
     before = trained.snapshot()
     worker = trained.run("tune", "--search-only")
     assert worker.exit_code == 0, worker.stderr
-    storage = f"sqlite:///{trained.root / 'optuna.db'}"
-    study = optuna.load_study(study_name=summary["study"], storage=storage)
-    assert len(study.trials) == 6
-    assert trained.snapshot() == before  # a worker writes no outputs
+    assert len(optuna.load_study(study_name=summary["study"], storage=storage).trials) == 5
+    assert trained.snapshot() == before
 
 
 def test_train_param_changes_reach_the_model(trained: Project) -> None:
