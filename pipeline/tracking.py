@@ -13,6 +13,8 @@ import subprocess
 import urllib.error
 import urllib.request
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +65,35 @@ def start_tracking(config: MlflowConfig) -> str:
         if isinstance(exc, DriftlineError):
             raise
         raise TrackingError(f"MLflow store {uri} cannot be used: {_first_line(exc)}") from None
+
+
+@contextmanager
+def tracking_errors(config: MlflowConfig) -> Iterator[None]:
+    """MLflow and database errors while logging, as one line naming the store."""
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        yield
+    except (MlflowException, SQLAlchemyError) as exc:
+        raise TrackingError(
+            f"MLflow store {tracking_uri(config)} failed while logging: {_first_line(exc)}"
+        ) from None
+
+
+def require_run(config: MlflowConfig, run_id: str, stage: str) -> None:
+    """Fail early, in one line, when an earlier stage's run is not in this store."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow.MlflowClient().get_run(run_id)
+    except MlflowException:
+        raise TrackingError(
+            f"the {stage} run {run_id} is not in the MLflow store {tracking_uri(config)}: "
+            f"point MLFLOW_TRACKING_URI at the store it used, or re-run it "
+            f"(dvc repro -f -s {stage})"
+        ) from None
 
 
 def _check_server(uri: str) -> None:

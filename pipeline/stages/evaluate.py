@@ -286,13 +286,19 @@ def main(
     from pipeline import registry
     from pipeline.models import load_model
     from pipeline.scoring import score
+    from pipeline.tracking import require_run, start_tracking, tracking_errors
 
+    start_tracking(loaded.mlflow)
+    require_run(loaded.mlflow, tuned_summary["run_id"], "tune")
     candidate = load_model(model)
     scored = score(candidate, test_rows, spec.target)
     untuned_metrics = score(load_model(untuned), test_rows, spec.target).metrics
     baseline_name, baseline_metrics = baseline(train_rows, test_rows, spec, config.baseline_groups)
 
-    with tempfile.TemporaryDirectory(prefix="driftline-champion-") as scratch:
+    with (
+        tracking_errors(loaded.mlflow),
+        tempfile.TemporaryDirectory(prefix="driftline-champion-") as scratch,
+    ):
         champion = registry.fetch_alias(loaded.mlflow, registry.CHAMPION, Path(scratch))
         champion_model = champion.load() if champion else None
         champion_scores, incompatible = champion_metrics(champion_model, test_rows, spec.target)
@@ -322,7 +328,8 @@ def main(
         candidate, val_rows, spec.target, metric, config.importance_repeats, config.seed
     )
     slices = slice_metrics(scored, test_rows, spec, candidate)
-    written_plots = _write_plots(scored, candidate, test_rows, spec, importance, plots)
+    plots.parent.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=f".{plots.name}-", dir=plots.parent))
 
     test_metrics = finite(scored.metrics)
     evaluation = {
@@ -342,7 +349,13 @@ def main(
         **{f"baseline_{name}": value for name, value in finite(baseline_metrics).items()},
         "gate_passed": decision.passed,
     }
-    _log_to_mlflow(loaded.mlflow, tuned_summary.get("run_id"), flat, decision, plots)
+    try:
+        written_plots = _draw_plots(scored, candidate, test_rows, spec, importance, staged)
+        # Logged before anything is replaced: a store that fails leaves every output as it was.
+        _log_to_mlflow(loaded.mlflow, tuned_summary["run_id"], flat, decision, staged)
+        replace_dir_atomic(staged, plots)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
     write_json_atomic(report, evaluation)
     write_json_atomic(gate_report, decision.to_dict())
     write_json_atomic(metrics, flat)
@@ -354,7 +367,7 @@ def main(
     say(f"gate: {'PASSED' if decision.passed else 'REFUSED'}: {decision.reason}")
 
 
-def _write_plots(
+def _draw_plots(
     scored: Scored,
     model: TabularModel,
     test: pd.DataFrame,
@@ -362,41 +375,36 @@ def _write_plots(
     importance: pd.DataFrame,
     out: Path,
 ) -> list[Path]:
-    """Draw every plot into a staging folder, then swap it into place."""
+    """Every plot of the task, as CSV for `dvc plots` and PNG, into `out`."""
     from pipeline import plots
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
-        if model.task == "regression":
-            times = test[spec.time_column] if spec.time_column else None
-            written = plots.regression_plots(scored.actual, scored.raw, times, staged)
-        else:
-            written = plots.classification_plots(
-                scored.codes, scored.raw, scored.predicted_codes, model.classes, staged
-            )
-        written += plots.importance_plot(importance, staged)
-        replace_dir_atomic(staged, out)
-    finally:
-        shutil.rmtree(staged, ignore_errors=True)
-    return [out / path.relative_to(staged) for path in written]
+    if model.task == "regression":
+        times = test[spec.time_column] if spec.time_column else None
+        written = plots.regression_plots(scored.actual, scored.raw, times, out)
+    else:
+        written = plots.classification_plots(
+            scored.codes, scored.raw, scored.predicted_codes, model.classes, out
+        )
+    return written + plots.importance_plot(importance, out)
 
 
 def _log_to_mlflow(
-    config: Any, run_id: str | None, flat: dict[str, Any], decision: GateDecision, plots: Path
+    config: Any, run_id: str, flat: dict[str, Any], decision: GateDecision, plots: Path
 ) -> None:
     """Add the test metrics, gate and plots to the tune run that made the model."""
     import mlflow
 
-    from pipeline.tracking import start_tracking
+    from pipeline.tracking import tracking_errors
 
-    experiment_id = start_tracking(config)
     numbers = {
         f"test_{name}" if not name.startswith(("untuned_", "baseline_")) else name: float(value)
         for name, value in flat.items()
         if isinstance(value, int | float) and not isinstance(value, bool)
     }
-    with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id):
+    with (
+        tracking_errors(config),
+        mlflow.start_run(run_id=run_id),
+    ):
         mlflow.log_metrics(numbers)
         mlflow.set_tags(
             {

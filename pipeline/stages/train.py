@@ -70,7 +70,10 @@ def main(
 
     import mlflow
 
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{config.model}") as run:
+    with (
+        tracking.tracking_errors(loaded.mlflow),
+        mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{config.model}") as run,
+    ):
         mlflow.set_tags(
             {
                 "driftline.stage": "train",

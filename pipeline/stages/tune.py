@@ -378,6 +378,7 @@ def main(
     started = time.perf_counter()
     run_name = f"tune-{train_config.model}" + ("-worker" if search_only else "")
     with (
+        tracking.tracking_errors(loaded.mlflow),
         mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run,
         Progress(
             "[progress.description]{task.description}",

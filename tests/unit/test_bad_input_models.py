@@ -3,6 +3,7 @@ last good model, metrics and plots left exactly as they were."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -123,3 +124,15 @@ def test_evaluate_without_a_tuned_model(trained: Project) -> None:
         )
     finally:
         shutil.move(trained.root / "tuning-aside", trained.root / "reports/tuning")
+
+
+def test_a_tune_run_missing_from_the_store(trained: Project) -> None:
+    summary_path = trained.root / "reports/tuning/summary.json"
+    original = summary_path.read_text()
+    summary = json.loads(original)
+    summary["run_id"] = "0" * 32
+    summary_path.write_text(json.dumps(summary))
+    try:
+        refuses(trained, ("evaluate",), 1, f"the tune run {'0' * 32} is not in the MLflow store")
+    finally:
+        summary_path.write_text(original)
