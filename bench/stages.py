@@ -96,8 +96,8 @@ LAZY_IMPORTS: dict[str, tuple[str, ...]] = {
     "split": ("pyarrow.parquet",),
     # train.train -> pipeline.models.fit_model -> learner_class -> {family}_model
     # (xgboost); train.main: pipeline.tracking, pipeline.scoring, mlflow;
-    # tracking.log_model: mlflow.models, mlflow.pyfunc, which loads
-    # pipeline/mlflow_model.py -> pipeline.pyfunc.
+    # tracking.tracking_errors: mlflow.exceptions, sqlalchemy.exc; tracking.log_model:
+    # mlflow.models, mlflow.pyfunc, which loads pipeline/mlflow_model.py -> pipeline.pyfunc.
     "train": (
         "pyarrow.parquet",
         "pipeline.models",
@@ -105,13 +105,15 @@ LAZY_IMPORTS: dict[str, tuple[str, ...]] = {
         "pipeline.tracking",
         "pipeline.scoring",
         "mlflow",
+        "mlflow.exceptions",
+        "sqlalchemy.exc",
         "mlflow.models",
         "mlflow.pyfunc",
         "pipeline.pyfunc",
     ),
     # tune.main: mlflow, rich.progress, pipeline.tracking, pipeline.scoring;
     # tune.tune / make_study: optuna, pipeline.models.fit_model -> {family}_model;
-    # tracking.log_fitted_model as in train.
+    # tracking.tracking_errors and tracking.log_fitted_model as in train.
     "tune": (
         "pyarrow.parquet",
         "optuna",
@@ -121,12 +123,15 @@ LAZY_IMPORTS: dict[str, tuple[str, ...]] = {
         "pipeline.tracking",
         "pipeline.scoring",
         "mlflow",
+        "mlflow.exceptions",
+        "sqlalchemy.exc",
         "mlflow.models",
         "mlflow.pyfunc",
         "pipeline.pyfunc",
     ),
-    # evaluate.main: pipeline.registry (-> pipeline.tracking), pipeline.models.load_model
-    # -> {family}_model, pipeline.scoring; _write_plots: pipeline.plots -> _pyplot:
+    # evaluate.main: pipeline.registry, pipeline.models.load_model -> {family}_model,
+    # pipeline.scoring, pipeline.tracking (require_run: mlflow; tracking_errors:
+    # mlflow.exceptions, sqlalchemy.exc); _write_plots: pipeline.plots -> _pyplot:
     # matplotlib.pyplot (Agg); sklearn.metrics (metrics/plots, for classes; xgboost
     # brings it anyway); _log_to_mlflow: mlflow.
     "evaluate": (
@@ -135,10 +140,13 @@ LAZY_IMPORTS: dict[str, tuple[str, ...]] = {
         "pipeline.models",
         "pipeline.models.{family}_model",
         "pipeline.scoring",
+        "pipeline.tracking",
         "pipeline.plots",
         "matplotlib.pyplot",
         "sklearn.metrics",
         "mlflow",
+        "mlflow.exceptions",
+        "sqlalchemy.exc",
     ),
 }
 
@@ -436,7 +444,7 @@ def describe(args: argparse.Namespace, family: str, rows: int | None, load: floa
         f"Python {platform.python_version()}, {os.cpu_count()} CPUs, "
         f"load average {load:.2f} at the start"
     )
-    if load > 0.5:
+    if load >= 1:  # a whole core busy (the 1-minute average lags: it may be the last run)
         print(f"warning: the machine was busy (load {load:.2f}): the figures may be inflated")
 
 
