@@ -191,18 +191,7 @@ class TorchLearner(Learner):
     """The MLP trained with AdamW, a per-step LR schedule and early stopping on val."""
 
     family = "torch"
-
-    def __init__(
-        self,
-        config: dict[str, Any],
-        features: FeatureSpec,
-        task: Task,
-        n_classes: int,
-        device: str = "cpu",
-        seed: int = 0,
-    ) -> None:
-        super().__init__(config, features, task, n_classes, device=device, seed=seed)
-        self.scorer: ScoringModule | None = None
+    scorer: ScoringModule | None = None
 
     def fit(self, data: TrainingData, on_step: StepCallback | None = None) -> FitReport:
         # Checked here rather than in __init__: a loaded model is rebuilt from its
