@@ -352,7 +352,7 @@ def main(
     try:
         written_plots = _draw_plots(scored, candidate, test_rows, spec, importance, staged)
         # Logged before anything is replaced: a store that fails leaves every output as it was.
-        _log_to_mlflow(loaded.mlflow, tuned_summary["run_id"], flat, decision, staged)
+        _log_to_mlflow(loaded.mlflow, tuned_summary["run_id"], flat, decision, evaluation, staged)
         replace_dir_atomic(staged, plots)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
@@ -389,9 +389,15 @@ def _draw_plots(
 
 
 def _log_to_mlflow(
-    config: Any, run_id: str, flat: dict[str, Any], decision: GateDecision, plots: Path
+    config: Any,
+    run_id: str,
+    flat: dict[str, Any],
+    decision: GateDecision,
+    evaluation: dict[str, Any],
+    plots: Path,
 ) -> None:
-    """Add the test metrics, gate and plots to the tune run that made the model."""
+    """Add the test metrics, slices, importance, gate and plots to the tune run that made
+    the model."""
     import mlflow
 
     from pipeline.tracking import tracking_errors
@@ -413,6 +419,7 @@ def _log_to_mlflow(
             }
         )
         mlflow.log_dict(decision.to_dict(), "evaluation/gate.json")
+        mlflow.log_dict(evaluation, "evaluation/evaluation.json")
         mlflow.log_artifacts(str(plots), "evaluation/plots")
 
 
