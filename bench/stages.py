@@ -18,9 +18,9 @@ It is a benchmark, not a test: it asserts nothing and writes nothing in the repo
 
 MLflow, Optuna and Prefect state live in the temporary copies, which are removed at the
 end unless `--keep`. `--trials` and `--timeout` shrink the tuning budget so the whole
-benchmark takes a few minutes on two cores. xgboost uses every core (`n_jobs: 0`), so
-the training stages slow down many times over when anything else runs: the header shows
-the load average at the start.
+benchmark takes a few minutes on two cores. The training stages are sensitive to
+other work on the machine (train and tune ran several times slower while test suites
+ran beside them): the header shows the load average at the start.
 """
 
 from __future__ import annotations
