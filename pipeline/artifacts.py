@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +54,22 @@ def replace_dir_atomic(staged: Path, target: Path) -> None:
         os.replace(target, retired)
     os.replace(staged, target)
     shutil.rmtree(retired, ignore_errors=True)
+
+
+@contextmanager
+def staged_directory(target: Path) -> Iterator[Path]:
+    """An empty folder named like `target` to fill. When the block succeeds it replaces
+    `target` in one rename; when it fails it is removed and `target` stays as it was."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    staged = scratch / target.name
+    staged.mkdir()
+    try:
+        yield staged
+        replace_dir_atomic(staged, target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def read_stage_input(path: Path, produced_by: str) -> pd.DataFrame:

@@ -478,9 +478,15 @@ class Params(Section):
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
 
     @model_validator(mode="after")
-    def _split_needs_time(self) -> Params:
+    def _consistent(self) -> Params:
         if self.split.method == "time" and self.data.time_column is None:
             raise ValueError("split.method is time, so data.time_column must name the time column")
+        if self.train.model == "torch" and self.tune.n_jobs > 1:
+            # Threads would share torch's global RNG and thread count between trials.
+            raise ValueError(
+                "tune.n_jobs > 1 runs trials in threads, which torch cannot share: keep it "
+                "at 1 and add processes with `driftline tune --search-only` instead"
+            )
         return self
 
 

@@ -62,9 +62,12 @@ class FeatureSpec:
         categories = {}
         for column in categorical:
             counts = category_text(train[column]).value_counts(dropna=True)
-            kept = counts.index[:MAX_CATEGORIES]
-            categories[column] = tuple(sorted(kept))
-        return cls(tuple(numeric), tuple(categorical), categories)
+            if not counts.empty:  # a column train never filled in tells the model nothing
+                categories[column] = tuple(sorted(counts.index[:MAX_CATEGORIES]))
+        numeric = [column for column in numeric if train[column].notna().any()]
+        if not numeric and not categories:
+            raise DataError("every feature column is empty in the train set")
+        return cls(tuple(numeric), tuple(categories), categories)
 
     def prepare(self, frame: pd.DataFrame) -> pd.DataFrame:
         """The feature columns of `frame` in model order: numerics as float64 (NaN for

@@ -1,6 +1,6 @@
 """Test metrics by task, and which direction is better for each.
 
-Regression: RMSE, MAE, R² and MAPE (only when no actual value is zero). Binary: ROC
+Regression: RMSE, MAE, R² and MAPE (NaN when an actual value is zero). Binary: ROC
 AUC, PR AUC, accuracy, precision, recall, F1, specificity, log loss and Brier score.
 Multiclass: accuracy, macro and weighted F1, and log loss.
 """
@@ -79,8 +79,9 @@ def regression_metrics(actual: np.ndarray, predicted: np.ndarray) -> dict[str, f
         "mae": float(np.mean(np.abs(error))),
         "r2": float(1.0 - np.sum(error**2) / total) if total > 0 else float("nan"),
     }
-    if np.all(actual != 0):
-        metrics["mape"] = float(np.mean(np.abs(error / actual)))
+    # MAPE divides by the actual value: undefined (NaN, null in JSON) when one is 0.
+    defined = bool(np.all(actual != 0))
+    metrics["mape"] = float(np.mean(np.abs(error / actual))) if defined else float("nan")
     return metrics
 
 

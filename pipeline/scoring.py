@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -31,16 +31,11 @@ def score(model: TabularModel, frame: pd.DataFrame, target: str) -> Scored:
     from pipeline.models import encode_labels
 
     raw = model.predict_raw(frame)
-    predicted = model.decide(raw)
     actual = frame[target].to_numpy()
     if model.task == "regression":
-        return Scored(regression_metrics(actual, raw), raw, predicted, actual)
+        return Scored(regression_metrics(actual, raw), raw, raw, actual)
     codes = encode_labels(frame[target], model.classes, "scored")
-    predicted_codes = label_codes(predicted, model.classes)
+    predicted_codes = model.decide_codes(raw)
+    predicted = np.asarray(model.classes, dtype=object)[predicted_codes]
     metrics = classification_metrics(codes, raw, predicted_codes, model.task)
     return Scored(metrics, raw, predicted, actual, codes, predicted_codes)
-
-
-def label_codes(labels: np.ndarray, classes: list[Any]) -> np.ndarray:
-    lookup = {str(value): code for code, value in enumerate(classes)}
-    return np.array([lookup[str(label)] for label in labels], dtype=np.int64)

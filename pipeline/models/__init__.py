@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib
 import json
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.artifacts import replace_dir_atomic
+from pipeline.artifacts import staged_directory
 from pipeline.config import Family, TrainConfig
 from pipeline.errors import ConfigError, DataError
 from pipeline.features import FeatureSpec, category_text
@@ -70,26 +69,26 @@ class TabularModel:
         return self.decide(self.predict_raw(frame))
 
     def decide(self, raw: np.ndarray) -> np.ndarray:
-        """Turn raw outputs into predictions."""
+        """Turn raw outputs into predictions: values, or class labels."""
         if self.task == "regression":
             return raw
+        return np.asarray(self.classes, dtype=object)[self.decide_codes(raw)]
+
+    def decide_codes(self, raw: np.ndarray) -> np.ndarray:
+        """Class probabilities to class codes (binary: by the threshold picked on val)."""
         if self.task == "binary" and self.threshold is not None:
-            codes = (raw[:, 1] >= self.threshold).astype(np.int64)
-        else:
-            codes = raw.argmax(axis=1)
-        return np.asarray(self.classes, dtype=object)[codes]
+            return (raw[:, 1] >= self.threshold).astype(np.int64)
+        return raw.argmax(axis=1).astype(np.int64)
 
     def save(self, directory: Path) -> None:
         """Write the model folder atomically: a failed save leaves the old one intact."""
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        staged = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
-        try:
-            self.learner.save(staged)
-            (staged / MODEL_FILE).write_text(json.dumps(self.describe(), indent=2) + "\n")
-            replace_dir_atomic(staged, directory)
-        finally:
-            shutil.rmtree(staged, ignore_errors=True)
+        with staged_directory(directory) as staged:
+            self.write(staged)
+
+    def write(self, directory: Path) -> None:
+        """Write the model's files into an existing, empty folder."""
+        self.learner.save(directory)
+        (directory / MODEL_FILE).write_text(json.dumps(self.describe(), indent=2) + "\n")
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -201,31 +200,51 @@ def training_data(
 
 
 def class_order(target: pd.Series, task: str, positive: Any = None) -> list[Any]:
-    """Classes in sorted order; for binary, the positive class goes last (index 1)."""
-    values = sorted(pd.unique(target.dropna()), key=lambda value: str(value))
-    classes = [value.item() if isinstance(value, np.generic) else value for value in values]
+    """The distinct labels in order (numerically when they are numbers); for binary, the
+    positive class goes last (index 1). Labels are compared as `category_text` gives
+    them, so 1, 1.0 and "1" are one class; each is stored as a JSON-ready value."""
+    present = target.dropna()
+    texts = category_text(present)
+    firsts = present.groupby(texts.to_numpy(), sort=False).first()
+    classes = [_plain_label(value) for value in firsts.to_numpy()]
+    numeric = all(isinstance(value, int | float) for value in classes)
+    classes.sort(key=(lambda value: (float(value), str(value))) if numeric else str)
     if task == "binary":
         if len(classes) != 2:
             raise DataError(f"a binary target needs 2 classes in train, found {len(classes)}")
         if positive is not None:
-            text = [str(value) for value in classes]
-            if str(positive) not in text:
+            text = label_texts(classes)
+            wanted = label_texts([positive])[0]
+            if wanted not in text:
                 raise ConfigError(
                     f"train.positive_class: {positive!r} is not a class (classes: {text})"
                 )
-            if text.index(str(positive)) == 0:
+            if text.index(wanted) == 0:
                 classes.reverse()
     elif len(classes) < 2:
         raise DataError(f"the target has {len(classes)} class in train: nothing to learn")
     return classes
 
 
+def label_texts(classes: list[Any]) -> list[str]:
+    return list(category_text(pd.Series(classes, dtype=object)))
+
+
+def _plain_label(value: Any) -> Any:
+    """A label as a JSON value: numpy scalars unwrapped, whole floats as ints."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def encode_labels(labels: pd.Series, classes: list[Any], part: str = "input") -> np.ndarray:
     """Class labels as codes 0..k-1 in `classes` order; an unseen label is a data error."""
-    known = pd.Index([str(value) for value in classes])
-    codes = known.get_indexer(category_text(labels))
+    texts = category_text(labels)
+    codes = pd.Index(label_texts(classes)).get_indexer(texts)
     if (codes < 0).any():
-        unseen = sorted(set(category_text(labels)[codes < 0].astype(str)))
+        unseen = sorted(set(texts[codes < 0].astype(str)))
         raise DataError(
             f"the {part} set holds class(es) {', '.join(unseen[:5])} that train does not"
         )

@@ -16,7 +16,6 @@ Outputs: `metrics/evaluate.json`, `reports/gate.json`, `reports/evaluation.json`
 from __future__ import annotations
 
 import math
-import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ import typer
 from pipeline.artifacts import (
     read_json,
     read_stage_input,
-    replace_dir_atomic,
+    staged_directory,
     write_json_atomic,
 )
 from pipeline.config import DEFAULT_PARAMS, EvaluateConfig, load_params
@@ -120,10 +119,15 @@ def gate(
 
 
 def baseline(
-    train: pd.DataFrame, test: pd.DataFrame, spec: DatasetSpec, groups: list[str] | None
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    spec: DatasetSpec,
+    groups: list[str] | None,
+    classes: list[Any] | None = None,
 ) -> tuple[str, dict[str, float]]:
     """A naive model's test metrics: the mean per group (hour of week) for regression,
-    the class priors of train for classification."""
+    the class priors of train for classification. `classes` is the model's class order,
+    so the baseline scores the same positive class."""
     target = spec.target
     if spec.task == "regression":
         keys_train, keys_test, label = _baseline_keys(train, test, spec, groups)
@@ -140,7 +144,7 @@ def baseline(
         return label, regression_metrics(actual, predicted)
     from pipeline.models import class_order, encode_labels
 
-    classes = class_order(train[target], spec.task)
+    classes = classes or class_order(train[target], spec.task)
     priors = np.bincount(encode_labels(train[target], classes), minlength=len(classes))
     priors = priors / priors.sum()
     codes = encode_labels(test[target], classes, "test")
@@ -293,7 +297,9 @@ def main(
     candidate = load_model(model)
     scored = score(candidate, test_rows, spec.target)
     untuned_metrics = score(load_model(untuned), test_rows, spec.target).metrics
-    baseline_name, baseline_metrics = baseline(train_rows, test_rows, spec, config.baseline_groups)
+    baseline_name, baseline_metrics = baseline(
+        train_rows, test_rows, spec, config.baseline_groups, candidate.classes
+    )
 
     with (
         tracking_errors(loaded.mlflow),
@@ -328,8 +334,6 @@ def main(
         candidate, val_rows, spec.target, metric, config.importance_repeats, config.seed
     )
     slices = slice_metrics(scored, test_rows, spec, candidate)
-    plots.parent.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(prefix=f".{plots.name}-", dir=plots.parent))
 
     test_metrics = finite(scored.metrics)
     evaluation = {
@@ -349,13 +353,10 @@ def main(
         **{f"baseline_{name}": value for name, value in finite(baseline_metrics).items()},
         "gate_passed": decision.passed,
     }
-    try:
+    with staged_directory(plots) as staged:
         written_plots = _draw_plots(scored, candidate, test_rows, spec, importance, staged)
         # Logged before anything is replaced: a store that fails leaves every output as it was.
         _log_to_mlflow(loaded.mlflow, tuned_summary["run_id"], flat, decision, evaluation, staged)
-        replace_dir_atomic(staged, plots)
-    finally:
-        shutil.rmtree(staged, ignore_errors=True)
     write_json_atomic(report, evaluation)
     write_json_atomic(gate_report, decision.to_dict())
     write_json_atomic(metrics, flat)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from pipeline.artifacts import read_stage_input, write_json_atomic
+from pipeline.artifacts import read_stage_input, staged_directory, write_json_atomic
 from pipeline.config import DEFAULT_PARAMS, TrainConfig, load_params
 from pipeline.console import report_user_errors, say
 from pipeline.metrics import rounded
@@ -66,14 +66,17 @@ def main(
     model = train(train_rows, val_rows, spec, config)
     seconds = time.perf_counter() - started
     val_metrics = rounded(score(model, val_rows, spec.target).metrics)
-    model.save(out)
 
     import mlflow
 
+    # Logged from the staged folder before it replaces `out`: a store that fails
+    # leaves the previous model and reports as they were.
     with (
+        staged_directory(out) as staged,
         tracking.tracking_errors(loaded.mlflow),
         mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{config.model}") as run,
     ):
+        model.write(staged)
         mlflow.set_tags(
             {
                 "driftline.stage": "train",
@@ -84,7 +87,7 @@ def main(
         )
         mlflow.log_params(tracking.flat_params("train", config.recorded()))
         val_logged = {f"val_{name}": value for name, value in val_metrics.items()}
-        model_uri = tracking.log_fitted_model(model, out, val_logged, val_rows)
+        model_uri = tracking.log_fitted_model(model, staged, val_logged, val_rows)
         mlflow.log_metric("train_seconds", seconds)
 
     summary = {

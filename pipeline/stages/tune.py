@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -29,7 +30,12 @@ import numpy as np
 import pandas as pd
 import typer
 
-from pipeline.artifacts import read_stage_input, write_json_atomic, write_text_atomic
+from pipeline.artifacts import (
+    read_stage_input,
+    staged_directory,
+    write_json_atomic,
+    write_text_atomic,
+)
 from pipeline.config import (
     DEFAULT_PARAMS,
     SearchRange,
@@ -193,8 +199,13 @@ def tune(
         cv_folds(train_rows, spec, config.cv_folds, train_config.seed) if config.cv_folds else []
     )
 
+    # Parallel trials share the cores rather than each claiming all of them.
+    threads = {}
+    if config.n_jobs > 1 and family in ("xgboost", "sklearn"):
+        threads = {"n_jobs": max(1, (os.cpu_count() or 1) // config.n_jobs)}
+
     def objective(trial: optuna.Trial) -> float:
-        params = suggest(trial, family, space)
+        params = {**suggest(trial, family, space), **threads}
         if folds:
             losses = []
             for step, (fold_train, fold_val) in enumerate(folds):
@@ -220,14 +231,14 @@ def tune(
     study = None
     if space and config.n_trials > 0:
         study = make_study(config, name)
-        default = default_point(train_config, space)
-        if default is not None and not search_only:
-            study.enqueue_trial(default, user_attrs={"default": True}, skip_if_exists=True)
         # n_trials is the study's total: a re-run with the same inputs adds no trials
         # and refits the same best, and workers stop once the study holds the budget.
         finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         remaining = config.n_trials - len(study.get_trials(deepcopy=False, states=finished))
         if remaining > 0:
+            default = default_point(train_config, space)
+            if default is not None and not search_only:
+                study.enqueue_trial(default, user_attrs={"default": True}, skip_if_exists=True)
             callbacks: list = [optuna.study.MaxTrialsCallback(config.n_trials, states=finished)]
             if on_trial:
                 callbacks.append(on_trial)
@@ -420,17 +431,21 @@ def main(
         mlflow.set_tag("driftline.study", result.study_name)
         mlflow.log_params({f"best.{key}": value for key, value in result.best_params.items()})
         val_metrics = rounded(score(result.model, val_rows, spec.target).metrics)
-        result.model.save(out)
         trials_csv = result.trials.to_csv(index=False)
-        write_text_atomic(report / "trials.csv", trials_csv)
         mlflow.log_text(trials_csv, "tuning/trials.csv")
-        model_uri = tracking.log_fitted_model(
-            result.model,
-            out,
-            {f"val_{name}": value for name, value in val_metrics.items()},
-            val_rows,
-        )
+        # Logged from the staged folder before it replaces `out`: a store that fails
+        # leaves the previous model and reports as they were.
+        with staged_directory(out) as staged:
+            result.model.write(staged)
+            model_uri = tracking.log_fitted_model(
+                result.model,
+                staged,
+                {f"val_{name}": value for name, value in val_metrics.items()},
+                val_rows,
+            )
         mlflow.log_metric("tune_seconds", seconds)
+
+    write_text_atomic(report / "trials.csv", trials_csv)
 
     summary = {
         "run_id": run.info.run_id,

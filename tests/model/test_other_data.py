@@ -59,7 +59,6 @@ def test_classification_data_sets_by_params(
     test = evaluation["test"]
     assert {"roc_auc", "pr_auc", "f1", "specificity", "brier", "log_loss"} <= set(test)
     assert test["roc_auc"] > 0.7
-    assert evaluation["baseline"]["roc_auc"] == 0.5
     assert gate["primary_metric"] == params["evaluate"]["primary_metric"]
     model = json.loads((project.root / "models/tuned/model.json").read_text())
     assert model["classes"][1] == positive and 0 < model["threshold"] < 1

@@ -136,3 +136,18 @@ def test_a_tune_run_missing_from_the_store(trained: Project) -> None:
         refuses(trained, ("evaluate",), 1, f"the tune run {'0' * 32} is not in the MLflow store")
     finally:
         summary_path.write_text(original)
+
+
+@pytest.mark.parametrize("stage", ["train", "tune"])
+def test_a_store_that_fails_while_logging_keeps_the_last_model(
+    trained: Project, stage: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow.exceptions import MlflowException
+
+    from pipeline import tracking
+
+    def refuse(*args: object, **kwargs: object) -> str:
+        raise MlflowException("artifact store is full")
+
+    monkeypatch.setattr(tracking, "log_model", refuse)
+    refuses(trained, (stage,), 1, "failed while logging: artifact store is full")
