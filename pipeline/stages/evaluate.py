@@ -77,8 +77,13 @@ def gate(
     min_improvement: float,
     floors: dict[str, float],
     champion_version: str | None = None,
+    champion_error: str | None = None,
 ) -> GateDecision:
-    """Judge a candidate's test metrics against the floors and the champion's."""
+    """Judge a candidate's test metrics against the floors and the champion's.
+
+    `champion_error` says why a champion exists but cannot be scored on these rows (its
+    features are gone, say): then nothing is compared, so the candidate is refused.
+    """
     checked = {
         name: {
             "bound": bound,
@@ -104,6 +109,13 @@ def gate(
             for name in failed
         ]
         return GateDecision(False, f"fails the floor: {'; '.join(parts)}", **common)
+    if champion_error is not None:
+        return GateDecision(
+            False,
+            f"the champion v{champion_version} cannot score the current test rows "
+            f"({champion_error}), so the candidate cannot be compared with it",
+            **common,
+        )
     if champion is None:
         return GateDecision(True, "no champion yet: the candidate meets every floor", **common)
     gain = improvement(metric, candidate[metric], champion[metric])
@@ -317,18 +329,8 @@ def main(
         config.min_improvement,
         config.floors,
         champion.version if champion else None,
+        champion_error=incompatible,
     )
-    if incompatible:
-        decision = GateDecision(
-            passed=False,
-            reason=f"the champion v{champion.version} cannot score the current test rows "
-            f"({incompatible}); promote by hand with `driftline promote` if intended",
-            **{
-                key: value
-                for key, value in asdict(decision).items()
-                if key not in ("passed", "reason")
-            },
-        )
 
     importance = permutation_importance(
         candidate, val_rows, spec.target, metric, config.importance_repeats, config.seed

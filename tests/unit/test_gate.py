@@ -140,3 +140,12 @@ def test_classification_baseline_is_the_majority_class() -> None:
     name, metrics = baseline(train, train, spec("binary"), None)
     assert name.startswith("majority class")
     assert metrics["accuracy"] == pytest.approx(0.8) and metrics["roc_auc"] == 0.5
+
+
+def test_a_champion_that_cannot_score_the_test_rows_refuses_the_candidate() -> None:
+    decision = gate(
+        {"rmse": 50.0, "r2": 0.9}, None, "rmse", 0.01, {}, "3",
+        champion_error="feature column(s) missing from the input: hum",
+    )  # fmt: skip
+    assert not decision.passed
+    assert decision.reason.startswith("the champion v3 cannot score the current test rows")
