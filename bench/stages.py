@@ -78,6 +78,20 @@ exit $status
 # default params (builtin bike data: regression, a time split). `{family}` is
 # params' `train.model`. Libraries' own lazy imports (MLflow's SQL store, Optuna's RDB
 # storage, alembic) are not listed: they count as work, so overhead is a lower bound.
+# What train and tune both import to fit a model and log it to MLflow.
+FIT_AND_LOG = (
+    "pipeline.models",
+    "pipeline.models.{family}_model",
+    "pipeline.tracking",
+    "pipeline.scoring",
+    "mlflow",
+    "mlflow.exceptions",
+    "sqlalchemy.exc",
+    "mlflow.models",
+    "mlflow.pyfunc",
+    "pipeline.pyfunc",
+)
+
 LAZY_IMPORTS: dict[str, tuple[str, ...]] = {
     # sources.read_source reads the builtin CSV with pandas (sqlalchemy only for SQL
     # URLs); artifacts.write_parquet_atomic -> DataFrame.to_parquet -> pyarrow.parquet.
@@ -100,16 +114,7 @@ LAZY_IMPORTS: dict[str, tuple[str, ...]] = {
     # mlflow.models, mlflow.pyfunc, which loads pipeline/mlflow_model.py -> pipeline.pyfunc.
     "train": (
         "pyarrow.parquet",
-        "pipeline.models",
-        "pipeline.models.{family}_model",
-        "pipeline.tracking",
-        "pipeline.scoring",
-        "mlflow",
-        "mlflow.exceptions",
-        "sqlalchemy.exc",
-        "mlflow.models",
-        "mlflow.pyfunc",
-        "pipeline.pyfunc",
+        *FIT_AND_LOG,
     ),
     # tune.main: mlflow, rich.progress, pipeline.tracking, pipeline.scoring;
     # tune.tune / make_study: optuna, pipeline.models.fit_model -> {family}_model;
@@ -118,16 +123,7 @@ LAZY_IMPORTS: dict[str, tuple[str, ...]] = {
         "pyarrow.parquet",
         "optuna",
         "rich.progress",
-        "pipeline.models",
-        "pipeline.models.{family}_model",
-        "pipeline.tracking",
-        "pipeline.scoring",
-        "mlflow",
-        "mlflow.exceptions",
-        "sqlalchemy.exc",
-        "mlflow.models",
-        "mlflow.pyfunc",
-        "pipeline.pyfunc",
+        *FIT_AND_LOG,
     ),
     # evaluate.main: pipeline.registry, pipeline.models.load_model -> {family}_model,
     # pipeline.scoring, pipeline.tracking (require_run: mlflow; tracking_errors:
