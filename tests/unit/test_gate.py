@@ -149,3 +149,14 @@ def test_a_champion_that_cannot_score_the_test_rows_refuses_the_candidate() -> N
     )  # fmt: skip
     assert not decision.passed
     assert decision.reason.startswith("the champion v3 cannot score the current test rows")
+
+
+def test_every_metric_params_accept_has_a_direction_and_a_task() -> None:
+    from typing import get_args
+
+    from pipeline.config import Metric
+    from pipeline.metrics import HIGHER_IS_BETTER, TASK_METRICS
+
+    named = set(get_args(Metric))
+    assert named == set(HIGHER_IS_BETTER)
+    assert named == {metric for metrics in TASK_METRICS.values() for metric in metrics}
