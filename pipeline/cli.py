@@ -9,7 +9,7 @@ import typer
 
 from pipeline.config import DEFAULT_PARAMS, load_params
 from pipeline.console import report_user_errors, say
-from pipeline.stages import clean, evaluate, ingest, split, train, tune, validate
+from pipeline.stages import clean, compress, evaluate, ingest, split, train, tune, validate
 
 app = typer.Typer(
     name="driftline",
@@ -25,6 +25,7 @@ app.command("split")(split.main)
 app.command("train")(train.main)
 app.command("tune")(tune.main)
 app.command("evaluate")(evaluate.main)
+app.command("compress")(compress.main)
 
 
 @app.command("check-params")

@@ -452,6 +452,19 @@ class EvaluateConfig(Section):
     seed: int = 42
 
 
+# --- compress -----------------------------------------------------------------------------
+
+
+class CompressConfig(Section):
+    # auto: keep the int8 model only where it is faster and within max_metric_drop.
+    quantize: Literal["auto", "never", "always"] = "auto"
+    # The ONNX model may score at most this share worse than the native one on the
+    # primary metric, on the test rows (0.001 = 0.1%); beyond it, compress refuses.
+    max_metric_drop: float = Field(default=0.001, ge=0)
+    latency_rows: int = Field(default=10_000, ge=1, description="the batch for batch latency")
+    latency_calls: int = Field(default=200, ge=10, description="single-row calls timed")
+
+
 # --- mlflow -------------------------------------------------------------------------------
 
 
@@ -475,6 +488,7 @@ class Params(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    compress: CompressConfig = Field(default_factory=CompressConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
 
     @model_validator(mode="after")

@@ -16,8 +16,8 @@ from tests.conftest import FIXTURES, QUIET, REPO
 
 pytestmark = pytest.mark.e2e
 
-STAGES = ("ingest", "validate", "clean", "split", "train", "tune", "evaluate")
-MODEL_STAGES = {"train", "tune", "evaluate"}
+STAGES = ("ingest", "validate", "clean", "split", "train", "tune", "evaluate", "compress")
+MODEL_STAGES = {"train", "tune", "evaluate", "compress"}
 
 
 class DvcProject:
@@ -75,6 +75,7 @@ def dvc_project(tmp_path_factory: pytest.TempPathFactory) -> DvcProject:
     params["data"]["source"] = str(FIXTURES / "bike_sharing_2000.csv")
     params["validate"]["min_rows"] = 100
     params["tune"].update(n_trials=3, timeout=60)
+    params["compress"].update(latency_calls=20, latency_rows=500)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     project = DvcProject(root)
     project.dvc("init", "--no-scm", "-q")
@@ -96,6 +97,7 @@ def test_repro_runs_every_stage(dvc_project: DvcProject) -> None:
     assert '"train_rows"' in metrics and '"critical_failures": 0' in metrics
     assert '"baseline_rmse"' in metrics and '"gate_passed": true' in metrics
     assert (dvc_project.root / "models/tuned/model.json").exists()
+    assert (dvc_project.root / "models/compressed/model.onnx").exists()
     assert (dvc_project.root / "plots/png/predicted_vs_actual.png").exists()
     shown = dvc_project.dvc("plots", "show", "-o", "dvc_plots")
     assert (dvc_project.root / "dvc_plots/index.html").exists(), shown.stderr
@@ -129,7 +131,8 @@ def test_train_param_reruns_train_and_after_only(dvc_project: DvcProject) -> Non
 def test_evaluate_param_reruns_evaluate_only(dvc_project: DvcProject) -> None:
     dvc_project.edit_params("evaluate", "min_improvement", 0.02)
     rerun = dvc_project.dvc("repro")
-    assert dvc_project.ran(rerun.stdout) == {"evaluate"}
+    # The gate records the margin, so compress (which reads the gate) runs again too.
+    assert dvc_project.ran(rerun.stdout) == {"evaluate", "compress"}
 
 
 def test_bad_source_fails_and_keeps_every_output(dvc_project: DvcProject) -> None:

@@ -65,7 +65,7 @@ def test_bad_params_exit_2_naming_the_key(
     trained: Project, section: str, values: dict, expected: str
 ) -> None:
     trained.update(section, **values)
-    refuses(trained, ("train", "tune", "evaluate"), 2, expected)
+    refuses(trained, ("train", "tune", "evaluate", "compress"), 2, expected)
 
 
 def test_a_metric_the_task_does_not_have(trained: Project) -> None:

@@ -1,0 +1,288 @@
+"""ONNX export of a `TabularModel`, and a runner that scores with onnxruntime alone.
+
+`export_onnx` turns any family into one ONNX graph with a dynamic batch dimension:
+xgboost through onnxmltools (input: `FeatureSpec.encoded_matrix`), scikit-learn through
+skl2onnx with the whole Pipeline inside the graph (one input per column), torch through
+`torch.onnx.export` of the learner's `ScoringModule` (inputs `numeric` and `codes`).
+Every graph returns what `TabularModel.predict_raw` returns: regression values, or class
+probabilities in `classes` order.
+
+`OnnxModel` is what serving loads: ONNX bytes plus the model's JSON metadata, never a
+pickle. Its inputs come from the same `FeatureSpec.prepare` as training, so the two
+agree on gaps and unseen categories. Heavy libraries are imported inside functions, so
+importing this module imports none of onnx, onnxruntime or torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.features import FeatureSpec
+
+if TYPE_CHECKING:
+    from pipeline.models import TabularModel
+
+# onnxmltools' xgboost converter supports opsets up to 15 (measured).
+XGBOOST_OPSET = 15
+# skl2onnx: the default opset, falling back to these when a converter rejects it.
+SKLEARN_OPSETS: tuple[int | None, ...] = (None, 18, 17, 15)
+TORCH_OPSET = 18
+
+
+class OnnxExportError(RuntimeError):
+    """The model could not be turned into an ONNX graph."""
+
+
+class QuantizationUnsupported(RuntimeError):
+    """The graph cannot be quantised to int8; score the float model instead."""
+
+
+def export_onnx(model: TabularModel) -> bytes:
+    """The model as serialised ONNX ModelProto bytes, with a dynamic batch dimension."""
+    exporters = {"xgboost": _export_xgboost, "sklearn": _export_sklearn, "torch": _export_torch}
+    if model.family not in exporters:
+        raise OnnxExportError(f"no ONNX export for the {model.family!r} family")
+    return exporters[model.family](model)
+
+
+def _export_xgboost(model: TabularModel) -> bytes:
+    import onnxmltools
+    from onnxmltools.convert.common.data_types import FloatTensorType
+
+    width = len(model.features.numeric) + len(model.features.categorical)
+    booster = model.learner.booster  # type: ignore[attr-defined]
+    onnx_model = onnxmltools.convert_xgboost(
+        booster,
+        initial_types=[("features", FloatTensorType([None, width]))],
+        target_opset=XGBOOST_OPSET,
+    )
+    return _keep_output(onnx_model, "probabilities" if model.task != "regression" else None)
+
+
+def _export_sklearn(model: TabularModel) -> bytes:
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType, StringTensorType
+
+    pipeline = model.learner.pipeline  # type: ignore[attr-defined]
+    initial_types: list[tuple[str, Any]] = [
+        (column, FloatTensorType([None, 1])) for column in model.features.numeric
+    ]
+    initial_types += [
+        (column, StringTensorType([None, 1])) for column in model.features.categorical
+    ]
+    estimator = pipeline.steps[-1][1]
+    options = {id(estimator): {"zipmap": False}} if model.task != "regression" else None
+    errors = []
+    for opset in SKLEARN_OPSETS:
+        try:
+            onnx_model = convert_sklearn(
+                pipeline, initial_types=initial_types, options=options, target_opset=opset
+            )
+        except Exception as exc:  # try the next opset; report all at the end
+            errors.append(f"opset {opset}: {exc}")
+            continue
+        keep = "probabilities" if model.task != "regression" else "variable"
+        return _keep_output(onnx_model, keep)
+    raise OnnxExportError("skl2onnx could not convert the pipeline: " + "; ".join(errors))
+
+
+def _export_torch(model: TabularModel) -> bytes:
+    import torch
+
+    module = model.learner.export_module()  # type: ignore[attr-defined]
+    n_num, n_cat = len(model.features.numeric), len(model.features.categorical)
+    rows = 2
+    numeric = torch.zeros((rows, n_num), dtype=torch.float32)
+    codes = torch.zeros((rows, n_cat), dtype=torch.int64)
+    batch = torch.export.Dim("batch")
+    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+        # Both inputs share the batch dimension, which the exporter reports as a warning.
+        warnings.filterwarnings("ignore", message=".*axis name: batch will not be used")
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec")
+        path = Path(folder) / "model.onnx"
+        torch.onnx.export(
+            module,
+            (numeric, codes),
+            str(path),
+            input_names=["numeric", "codes"],
+            output_names=["output"],
+            dynamic_shapes={"numeric": {0: batch}, "codes": {0: batch}},
+            opset_version=TORCH_OPSET,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+        return path.read_bytes()
+
+
+def _keep_output(onnx_model: Any, name: str | None) -> bytes:
+    """Drop every graph output but `name` (the converters add labels we do not use)."""
+    graph = onnx_model.graph
+    if name is not None and len(graph.output) > 1:
+        wanted = [output for output in graph.output if output.name == name]
+        if not wanted:
+            names = [output.name for output in graph.output]
+            raise OnnxExportError(f"the ONNX graph has no output {name!r} (outputs: {names})")
+        del graph.output[:]
+        graph.output.extend(wanted)
+    return onnx_model.SerializeToString()
+
+
+class OnnxModel:
+    """Scores raw columns with onnxruntime: the `TabularModel` contract for raw outputs
+    and labels, without the training libraries or any pickle."""
+
+    def __init__(
+        self,
+        onnx_bytes: bytes,
+        features: FeatureSpec,
+        family: str,
+        task: str,
+        classes: list[Any],
+        threshold: float | None = None,
+        intra_op_num_threads: int = 0,
+    ) -> None:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = intra_op_num_threads
+        self.session = onnxruntime.InferenceSession(
+            onnx_bytes, options, providers=["CPUExecutionProvider"]
+        )
+        self.features = features
+        self.family = family
+        self.task = task
+        self.classes = list(classes)
+        self.threshold = threshold
+        self.input_names = [node.name for node in self.session.get_inputs()]
+        self.output_name = self.session.get_outputs()[0].name
+
+    @classmethod
+    def from_model(cls, model: TabularModel, onnx_bytes: bytes, **options: Any) -> OnnxModel:
+        """A runner for `onnx_bytes` with `model`'s features, classes and threshold."""
+        return cls(
+            onnx_bytes,
+            model.features,
+            model.family,
+            model.task,
+            model.classes,
+            model.threshold,
+            **options,
+        )
+
+    def inputs(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        """The graph's inputs for `frame`, built as the family's learner builds them."""
+        prepared = self.features.prepare(frame)
+        if self.family == "xgboost":
+            return {self.input_names[0]: self.features.encoded_matrix(prepared)}
+        if self.family == "torch":
+            feeds = {
+                "numeric": self.features.numeric_matrix(prepared),
+                "codes": self.features.category_codes(prepared),
+            }
+            # The exporter drops an input the graph never reads (a zero-width one).
+            return {name: feeds[name] for name in self.input_names}
+        from pipeline.models.sklearn_model import MISSING_CATEGORY
+
+        columns: list[np.ndarray] = [
+            prepared[column].to_numpy(dtype=np.float32, na_value=np.nan).reshape(-1, 1)
+            for column in self.features.numeric
+        ]
+        columns += [
+            prepared[column].fillna(MISSING_CATEGORY).to_numpy(dtype=object).reshape(-1, 1)
+            for column in self.features.categorical
+        ]
+        # One input per column, declared in `FeatureSpec.columns` order at export.
+        return dict(zip(self.input_names, columns, strict=True))
+
+    def predict_raw(self, frame: pd.DataFrame) -> np.ndarray:
+        """Regression values (n,), or class probabilities (n, k) in `classes` order."""
+        inputs = self.inputs(frame)
+        output = np.asarray(self.session.run([self.output_name], inputs)[0], dtype=np.float64)
+        if self.task == "regression":
+            return output.reshape(-1)
+        if output.ndim == 1 or output.shape[1] == 1:  # P(positive) only
+            positive = output.reshape(-1)
+            return np.column_stack([1.0 - positive, positive])
+        return output
+
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        if self.task == "regression":
+            raise TypeError("a regression model has no class probabilities")
+        return self.predict_raw(frame)
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        """Predicted values, or class labels (binary: by the model's threshold)."""
+        return self.decide(self.predict_raw(frame))
+
+    def decide(self, raw: np.ndarray) -> np.ndarray:
+        if self.task == "regression":
+            return raw
+        return np.asarray(self.classes, dtype=object)[self.decide_codes(raw)]
+
+    def decide_codes(self, raw: np.ndarray) -> np.ndarray:
+        """Class probabilities to class codes, by the rule of `TabularModel.decide_codes`."""
+        if self.task == "binary" and self.threshold is not None:
+            return (raw[:, 1] >= self.threshold).astype(np.int64)
+        return raw.argmax(axis=1).astype(np.int64)
+
+
+def quantize_dynamic_int8(onnx_bytes: bytes) -> bytes:
+    """The graph with int8 weights (dynamic quantisation: activations stay float), for
+    smaller files and, on large MLPs, faster CPU scoring; measure before serving it.
+
+    Raises `QuantizationUnsupported` when onnxruntime cannot quantise the graph, or
+    when it holds no weights it could quantise (tree ensembles, skl2onnx's
+    LinearRegressor/LinearClassifier ops), so the caller can keep the float graph.
+    """
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model = onnx.load_from_string(onnx_bytes)
+    # The torch exporter records shapes for every value, weights included; the quantiser
+    # transposes Gemm weights, and its shape inference then trips on the stale records.
+    del model.graph.value_info[:]
+    with tempfile.TemporaryDirectory() as folder, _quiet_root_logger():
+        source, target = Path(folder) / "model.onnx", Path(folder) / "model.int8.onnx"
+        source.write_bytes(model.SerializeToString())
+        try:
+            quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+        except Exception as exc:  # any failure means "keep the float graph"
+            raise QuantizationUnsupported(
+                f"onnxruntime could not quantise the graph: {exc}"
+            ) from exc
+        quantised = target.read_bytes()
+    if _int8_weights(onnx.load_from_string(quantised)) <= _int8_weights(model):
+        raise QuantizationUnsupported("the graph holds no weights that int8 quantisation covers")
+    return quantised
+
+
+def _int8_weights(model: Any) -> int:
+    from onnx import TensorProto
+
+    int8 = (TensorProto.INT8, TensorProto.UINT8)
+    return sum(tensor.data_type in int8 for tensor in model.graph.initializer)
+
+
+@contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """Hide the quantiser's "consider pre-processing" advice, logged on the root logger."""
+
+    def advice(record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+    root = logging.getLogger()
+    root.addFilter(advice)
+    try:
+        yield
+    finally:
+        root.removeFilter(advice)
