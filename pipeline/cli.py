@@ -9,7 +9,17 @@ import typer
 
 from pipeline.config import DEFAULT_PARAMS, load_params
 from pipeline.console import report_user_errors, say
-from pipeline.stages import clean, compress, evaluate, ingest, split, train, tune, validate
+from pipeline.stages import (
+    clean,
+    compress,
+    deploy,
+    evaluate,
+    ingest,
+    split,
+    train,
+    tune,
+    validate,
+)
 
 app = typer.Typer(
     name="driftline",
@@ -26,6 +36,7 @@ app.command("train")(train.main)
 app.command("tune")(tune.main)
 app.command("evaluate")(evaluate.main)
 app.command("compress")(compress.main)
+app.command("deploy")(deploy.main)
 
 
 @app.command("check-params")
@@ -36,6 +47,75 @@ def check_params(
     """Load and check params.yaml without running anything."""
     loaded = load_params(params)
     say(f"{params}: ok (source {loaded.data.source}, target {loaded.data.target})")
+
+
+@app.command("promote")
+@report_user_errors
+def promote(
+    version: Annotated[str, typer.Argument(help="The registry version to serve.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why, for the audit trail.")],
+    params: Annotated[Path, typer.Option(help="The params file.")] = DEFAULT_PARAMS,
+) -> None:
+    """Make VERSION the champion by hand; the old champion becomes `previous`."""
+    from pipeline import promotions
+
+    if not reason.strip():
+        raise promotions.RegistryError("--reason is empty: say why, for the audit trail")
+    config = load_params(params).mlflow
+    record = promotions.move_champion(config, version, "promote", "manual", reason)
+    say(f"champion is now v{record.version} (previous: {record.previous or 'none'})")
+
+
+@app.command("rollback")
+@report_user_errors
+def rollback(
+    reason: Annotated[str, typer.Option("--reason", help="Why, for the audit trail.")] = (
+        "manual rollback"
+    ),
+    params: Annotated[Path, typer.Option(help="The params file.")] = DEFAULT_PARAMS,
+) -> None:
+    """Move `champion` back to `previous`."""
+    from pipeline import promotions
+
+    record = promotions.rollback(load_params(params).mlflow, reason)
+    say(f"rolled back: champion is now v{record.version} (previous: v{record.previous})")
+
+
+@app.command("status")
+@report_user_errors
+def status(
+    params: Annotated[Path, typer.Option(help="The params file.")] = DEFAULT_PARAMS,
+    last: Annotated[int, typer.Option(help="How many promotion records to show.")] = 5,
+) -> None:
+    """The champion, the previous version, their metrics and data, the last records."""
+    import json
+
+    from pipeline import promotions
+    from pipeline.registry import CHAMPION, PREVIOUS
+
+    config = load_params(params).mlflow
+    for alias in (CHAMPION, PREVIOUS):
+        found = promotions.describe_version(config, alias)
+        if found is None:
+            say(f"{alias}: none")
+            continue
+        metrics = ", ".join(f"{k} {v:.4g}" for k, v in found["metrics"].items() if v is not None)
+        say(
+            f"{alias}: v{found['version']} registered {found['registered']}, data "
+            f"{found['data_version'] or '?'}, commit {(found['git_commit'] or '?')[:10]}; {metrics}"
+        )
+    records = promotions.read_records()[-last:]
+    say(f"last {len(records)} record(s) in {promotions.PROMOTIONS}:")
+    for record in records:
+        say(
+            "  "
+            + json.dumps(
+                {
+                    k: record[k]
+                    for k in ("time", "action", "version", "previous", "trigger", "reason")
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ class RegisteredModel:
     run_id: str | None
     tags: dict[str, str]
     directory: Path
+    onnx_directory: Path | None = None
 
     def load(self) -> TabularModel:
         from pipeline.models import load_model
@@ -61,8 +62,10 @@ def fetch_alias(config: MlflowConfig, alias: str, into: Path) -> RegisteredModel
 
     uri = f"models:/{config.registered_model}/{version.version}"
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(into)))
-    found = sorted(local.rglob("model.json"))
-    if not found:
+    folders = [path.parent for path in sorted(local.rglob("model.json"))]
+    native = [folder for folder in folders if not (folder / "model.onnx").exists()]
+    exported = [folder for folder in folders if (folder / "model.onnx").exists()]
+    if not native:
         raise DataError(
             f"registry version {version.version} of {config.registered_model!r} holds no "
             "Driftline model folder: it was not registered by Driftline"
@@ -72,7 +75,8 @@ def fetch_alias(config: MlflowConfig, alias: str, into: Path) -> RegisteredModel
         version=str(version.version),
         run_id=version.run_id,
         tags=dict(version.tags or {}),
-        directory=found[0].parent,
+        directory=native[0],
+        onnx_directory=exported[0] if exported else None,
     )
 
 

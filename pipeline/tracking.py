@@ -157,7 +157,13 @@ def flat_params(prefix: str, values: dict[str, Any]) -> dict[str, str]:
     return flat
 
 
-def log_model(model: TabularModel, model_dir: Path, example: pd.DataFrame) -> str:
+def log_model(
+    model: TabularModel,
+    model_dir: Path,
+    example: pd.DataFrame,
+    onnx_dir: Path | None = None,
+    name: str = "model",
+) -> str:
     """Log the model folder as an MLflow pyfunc model that takes raw columns.
 
     The signature, input example and requirements are passed in, so MLflow neither
@@ -174,10 +180,13 @@ def log_model(model: TabularModel, model_dir: Path, example: pd.DataFrame) -> st
         # MLflow's hint that integer columns cannot hold gaps: the types are train's own.
         warnings.simplefilter("ignore", UserWarning)
         signature = infer_signature(example, pd.Series(output))
+    artifacts = {"model": str(model_dir)}
+    if onnx_dir is not None:
+        artifacts["onnx"] = str(onnx_dir)  # what serving loads
     info = mlflow.pyfunc.log_model(
-        name="model",
+        name=name,
         python_model=str(Path(__file__).with_name("mlflow_model.py")),
-        artifacts={"model": str(model_dir)},
+        artifacts=artifacts,
         signature=signature,
         input_example=example,
         pip_requirements=_requirements(model.family),

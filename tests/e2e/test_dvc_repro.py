@@ -16,8 +16,8 @@ from tests.conftest import FIXTURES, QUIET, REPO
 
 pytestmark = pytest.mark.e2e
 
-STAGES = ("ingest", "validate", "clean", "split", "train", "tune", "evaluate", "compress")
-MODEL_STAGES = {"train", "tune", "evaluate", "compress"}
+STAGES = ("ingest", "validate", "clean", "split", "train", "tune", "evaluate", "compress", "deploy")
+MODEL_STAGES = {"train", "tune", "evaluate", "compress", "deploy"}
 
 
 class DvcProject:
@@ -98,6 +98,7 @@ def test_repro_runs_every_stage(dvc_project: DvcProject) -> None:
     assert '"baseline_rmse"' in metrics and '"gate_passed": true' in metrics
     assert (dvc_project.root / "models/tuned/model.json").exists()
     assert (dvc_project.root / "models/compressed/model.onnx").exists()
+    assert '"action": "promote"' in (dvc_project.root / "reports/deploy.json").read_text()
     assert (dvc_project.root / "plots/png/predicted_vs_actual.png").exists()
     shown = dvc_project.dvc("plots", "show", "-o", "dvc_plots")
     assert (dvc_project.root / "dvc_plots/index.html").exists(), shown.stderr
@@ -131,8 +132,8 @@ def test_train_param_reruns_train_and_after_only(dvc_project: DvcProject) -> Non
 def test_evaluate_param_reruns_evaluate_only(dvc_project: DvcProject) -> None:
     dvc_project.edit_params("evaluate", "min_improvement", 0.02)
     rerun = dvc_project.dvc("repro")
-    # The gate records the margin, so compress (which reads the gate) runs again too.
-    assert dvc_project.ran(rerun.stdout) == {"evaluate", "compress"}
+    # The gate records the margin, so compress and deploy (which read it) run again too.
+    assert dvc_project.ran(rerun.stdout) == {"evaluate", "compress", "deploy"}
 
 
 def test_bad_source_fails_and_keeps_every_output(dvc_project: DvcProject) -> None:

@@ -1,0 +1,146 @@
+"""deploy: register the candidate and move `champion` to it, only if the gate passed.
+
+The registered version carries both the native model and its ONNX export, tagged
+with the git commit, the data version, the model's hash and its test metrics. The
+old champion becomes `previous`. Every outcome, a promotion or a refusal with its
+numbers, is a line in `reports/promotions.jsonl`; `reports/deploy.json` holds the last.
+
+The gate is trusted only if it was decided against the champion the registry holds
+now; a candidate that is the champion already (the same model) keeps it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from pipeline.artifacts import read_json, read_stage_input, write_json_atomic
+from pipeline.config import DEFAULT_PARAMS, load_params
+from pipeline.console import report_user_errors, say
+from pipeline.errors import DataError
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str  # promote | keep | refuse
+    reason: str
+
+
+def decide(
+    gate: dict[str, Any],
+    candidate_sha: str,
+    champion_version: str | None,
+    champion_sha: str | None,
+) -> Decision:
+    """Promote only on a passed gate that was decided against today's champion."""
+    if champion_version is not None and champion_sha == candidate_sha:
+        return Decision(
+            "keep", f"the candidate is champion v{champion_version} already: nothing changed"
+        )
+    if gate.get("champion_version") != champion_version:
+        judged = gate.get("champion_version")
+        return Decision(
+            "refuse",
+            f"the gate compared with {'v' + judged if judged else 'no champion'} but the "
+            f"champion is now {'v' + champion_version if champion_version else 'none'}: "
+            "re-run evaluate (dvc repro -f -s evaluate)",
+        )
+    if not gate["passed"]:
+        return Decision("refuse", f"gate refused: {gate['reason']}")
+    return Decision("promote", gate["reason"])
+
+
+def folder_digest(directory: Path) -> str:
+    """A hash of a model folder's files, names and bytes: the model's identity."""
+    digest = hashlib.sha256()
+    files = sorted(path for path in Path(directory).rglob("*") if path.is_file())
+    if not files:
+        raise DataError(f"{directory} holds no files: run the stage that writes it")
+    for path in files:
+        digest.update(str(path.relative_to(directory)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+@report_user_errors
+def main(
+    params: Annotated[Path, typer.Option(help="The params file.")] = DEFAULT_PARAMS,
+    gate: Annotated[Path, typer.Option(help="The gate's decision.")] = Path("reports/gate.json"),
+    model: Annotated[Path, typer.Option(help="The candidate model.")] = Path("models/tuned"),
+    compressed: Annotated[Path, typer.Option(help="Its ONNX export.")] = Path("models/compressed"),
+    tuning: Annotated[Path, typer.Option(help="Tune's summary (its run).")] = Path(
+        "reports/tuning/summary.json"
+    ),
+    split: Annotated[Path, typer.Option(help="The split (an input example).")] = Path("data/split"),
+    report: Annotated[Path, typer.Option(help="This run's decision.")] = Path(
+        "reports/deploy.json"
+    ),
+) -> None:
+    """Register the candidate and make it the champion if the gate passed; record why."""
+    config = load_params(params).mlflow
+    decided = read_json(gate, "evaluate")
+    run_id = read_json(tuning, "tune")["run_id"]
+    if not (compressed / "model.onnx").exists():
+        raise DataError(f"{compressed}/model.onnx does not exist: run the compress stage first")
+    candidate_sha = folder_digest(model)
+
+    from pipeline import promotions, tracking
+    from pipeline.models import load_model
+    from pipeline.registry import CHAMPION, alias_version
+
+    trigger = promotions.trigger_from_environment()
+    tracking.start_tracking(config)
+    tracking.require_run(config, run_id, "tune")
+    with tracking.tracking_errors(config):
+        champion = alias_version(config, CHAMPION)
+        champion_version = str(champion.version) if champion is not None else None
+        champion_sha = (champion.tags or {}).get("driftline.model_sha256") if champion else None
+        decision = decide(decided, candidate_sha, champion_version, champion_sha)
+        metrics = decided.get("candidate") or {}
+        if decision.action == "promote":
+            import mlflow
+
+            example = read_stage_input(split / "val.parquet", "split")
+            with mlflow.start_run(run_id=run_id) as run:
+                uri = tracking.log_model(
+                    load_model(model), model, example, onnx_dir=compressed, name="deployable"
+                )
+                tags = {
+                    "driftline.model_sha256": candidate_sha,
+                    "driftline.metrics": json.dumps(metrics),
+                    "driftline.data_version": run.data.tags.get("driftline.data_version", ""),
+                    "driftline.git_commit": run.data.tags.get("mlflow.source.git.commit", ""),
+                    "driftline.gate": decided["reason"][:5000],
+                }
+            from pipeline.registry import register
+
+            version = register(config, uri, tags=tags)
+            record = promotions.move_champion(
+                config, version, "promote", trigger, decision.reason, metrics=metrics
+            )
+        else:
+            record = promotions.PromotionRecord(
+                time=promotions.now(),
+                action=decision.action,
+                # keep: the champion stays; refuse: nothing was registered.
+                version=champion_version if decision.action == "keep" else None,
+                previous=None if decision.action == "keep" else champion_version,
+                trigger=trigger,
+                reason=decision.reason,
+                metrics=metrics,
+                champion_metrics=decided.get("champion"),
+            )
+            promotions.append_record(record)
+    write_json_atomic(report, asdict(record))
+    say(f"deploy: {record.action}: {record.reason}")
+    if record.action == "promote":
+        say(f"champion is now v{record.version} (previous: {record.previous or 'none'})")
+
+
+if __name__ == "__main__":
+    typer.run(main)
