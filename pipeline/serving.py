@@ -1,0 +1,383 @@
+"""The prediction service: a FastAPI app over the compressed ONNX model.
+
+`load_served_model` reads a folder written by the compress stage (`model.onnx` and
+`model.json`, never a pickle) and builds, from the model's `FeatureSpec`, the pydantic
+model one request record must match: every feature is required but nullable (null
+means missing), categoricals take text, numbers or booleans, unknown fields are
+refused, and `id` optionally names the request.
+
+`create_app` serves it. The current `ServedModel` lives in one attribute that a reload
+replaces with a single assignment; a request takes the reference once when it starts,
+so a reload never fails a request in flight.
+"""
+
+import asyncio
+import json
+import logging
+import secrets
+import threading
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
+
+from pipeline.errors import DataError
+from pipeline.features import FeatureSpec, category_text
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from pipeline.onnx_model import OnnxModel
+    from pipeline.prediction_log import PredictionLog
+
+logger = logging.getLogger(__name__)
+
+ONNX_FILE = "model.onnx"
+META_FILE = "model.json"
+MAX_BATCH = 10_000
+REQUEST_ID = "id"
+CategoryInput = str | int | float | bool | None
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One loaded model version and the request record its features call for."""
+
+    version: str
+    folder: Path
+    model: "OnnxModel"
+    meta: dict[str, Any]
+    record_model: type[BaseModel]
+    records: TypeAdapter[list[Any]] = field(repr=False)
+
+    @property
+    def features(self) -> FeatureSpec:
+        return self.model.features
+
+
+def record_model(features: FeatureSpec) -> type[BaseModel]:
+    """The pydantic model of one request record. Field names are positional and the
+    feature names are aliases, so a feature may be called anything (`json`, `1st`)."""
+    fields: dict[str, Any] = {}
+    for position, name in enumerate(features.numeric):
+        fields[f"numeric_{position}"] = (float | None, Field(alias=name))
+    for position, name in enumerate(features.categorical):
+        fields[f"categorical_{position}"] = (CategoryInput, Field(alias=name))
+    if REQUEST_ID not in features.columns:
+        fields["request_id"] = (str | int | None, Field(default=None, alias=REQUEST_ID))
+    return create_model(  # type: ignore[call-overload, no-any-return]
+        "PredictionRecord", __config__=ConfigDict(extra="forbid"), **fields
+    )
+
+
+def load_served_model(folder: Path, version: str) -> ServedModel:
+    """The model in a compress-stage folder, ready to score."""
+    from pipeline.onnx_model import OnnxModel
+
+    folder = Path(folder)
+    onnx_path, meta_path = folder / ONNX_FILE, folder / META_FILE
+    for path in (onnx_path, meta_path):
+        if not path.exists():
+            raise DataError(f"{folder} holds no served model ({path.name} missing): run compress")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        features = FeatureSpec.from_dict(meta["features"])
+        family, task, classes = meta["family"], meta["task"], meta["classes"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{meta_path}: not a model description ({exc})") from exc
+    model = OnnxModel(
+        onnx_path.read_bytes(), features, family, task, classes, meta.get("threshold")
+    )
+    record = record_model(features)
+    return ServedModel(
+        version=str(version),
+        folder=folder,
+        model=model,
+        meta=meta,
+        record_model=record,
+        records=TypeAdapter(list[record]),  # type: ignore[valid-type]
+    )
+
+
+class ModelHolder:
+    """The model being served. Reads take the reference without a lock; reloads are
+    serialised and end in one reference assignment."""
+
+    def __init__(self, served: ServedModel) -> None:
+        self._served = served
+        self._reload_lock = threading.Lock()
+
+    @property
+    def current(self) -> ServedModel:
+        return self._served
+
+    def reload(self, source: Callable[[], ServedModel]) -> ServedModel:
+        with self._reload_lock:
+            served = source()
+            self._served = served
+            return served
+
+
+class RequestError(Exception):
+    """A request that cannot be scored: an HTTP status and FastAPI-style detail."""
+
+    def __init__(self, status: int, detail: Any) -> None:
+        super().__init__(str(detail))
+        self.status = status
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class ParsedRequest:
+    records: list[BaseModel]
+    batch: bool
+
+
+def parse_request(body: Any, served: ServedModel, max_batch: int) -> ParsedRequest:
+    """One record (an object) or `{"records": [...]}`, validated against the model's
+    features. Errors name the record index and the field."""
+    is_batch = isinstance(body, dict) and set(body) == {"records"}
+    if is_batch:
+        raw = body["records"]
+        if not isinstance(raw, list):
+            raise RequestError(422, [_error(("body", "records"), "records must be a list")])
+        if not raw:
+            message = "the batch is empty: send at least one record"
+            raise RequestError(422, [_error(("body", "records"), message, "empty_batch")])
+        if len(raw) > max_batch:
+            message = f"the batch holds {len(raw)} records; at most {max_batch} are accepted"
+            raise RequestError(413, message)
+    elif isinstance(body, dict):
+        raw = [body]
+    else:
+        message = 'send one record as an object, or a batch as {"records": [...]}'
+        raise RequestError(422, [_error(("body",), message, "model_type")])
+    try:
+        records = served.records.validate_python(raw)
+    except ValidationError as exc:
+        errors = record_errors(exc)
+        for error in errors:
+            loc = error["loc"]
+            error["loc"] = ["body", "records", *loc] if is_batch else ["body", *loc[1:]]
+        raise RequestError(422, errors) from None
+    return ParsedRequest(records=records, batch=is_batch)
+
+
+def record_errors(exc: ValidationError) -> list[dict[str, Any]]:
+    """pydantic's errors with `loc` as [record index, field]: a categorical's union
+    reports one error per member type, which become one error for the field."""
+    errors: list[dict[str, Any]] = []
+    seen: set[tuple[Any, ...]] = set()
+    for error in exc.errors(include_url=False, include_context=False):
+        loc = tuple(error["loc"])
+        if len(loc) > 2:  # (index, field, union member): one error for the field
+            error = {
+                "type": "category_type",
+                "loc": loc[:2],
+                "msg": "Input should be text, a number, a boolean or null",
+                "input": error.get("input"),
+            }
+            loc = loc[:2]
+        if loc in seen:
+            continue
+        seen.add(loc)
+        errors.append({**error, "loc": list(loc)})
+    return errors
+
+
+def _error(loc: tuple[str, ...], message: str, kind: str = "value_error") -> dict[str, Any]:
+    return {"loc": list(loc), "msg": message, "type": kind}
+
+
+def feature_frame(records: list[BaseModel], features: FeatureSpec) -> pd.DataFrame:
+    """One column per feature, in model order; null becomes NaN."""
+    rows = [record.model_dump(by_alias=True) for record in records]
+    columns: dict[str, Any] = {}
+    for name in features.numeric:
+        values = [row[name] for row in rows]
+        columns[name] = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+    for name in features.categorical:
+        columns[name] = pd.Series([row[name] for row in rows], dtype=object)
+    return pd.DataFrame(columns, index=pd.RangeIndex(len(rows)))
+
+
+@dataclass(frozen=True)
+class Scored:
+    predictions: list[dict[str, Any]]
+    log_rows: list[dict[str, Any]]
+
+
+def score_records(served: ServedModel, records: list[BaseModel]) -> Scored:
+    """Call the model once on all records; the response items and the log rows."""
+    frame = feature_frame(records, served.features)
+    raw = served.model.predict_raw(frame)
+    decided = served.model.decide(raw)
+    classification = served.model.task != "regression"
+    classes = [_plain(label) for label in served.model.classes]
+    inputs = _logged_inputs(frame, served.features)
+    timestamp = datetime.now(UTC)
+    predictions, log_rows = [], []
+    for position, record in enumerate(records):
+        given = getattr(record, "request_id", None)
+        request_id = str(given) if given is not None else uuid.uuid4().hex
+        item: dict[str, Any] = {"id": request_id, "prediction": _plain(decided[position])}
+        if classification:
+            item["probabilities"] = {
+                str(label): float(p) for label, p in zip(classes, raw[position], strict=True)
+            }
+        predictions.append(item)
+        log_rows.append(
+            {
+                "request_id": request_id,
+                "timestamp": timestamp,
+                "model_version": served.version,
+                "inputs": inputs[position],
+                "prediction": item["prediction"],
+                "probabilities": item.get("probabilities"),
+            }
+        )
+    return Scored(predictions=predictions, log_rows=log_rows)
+
+
+def _logged_inputs(frame: pd.DataFrame, features: FeatureSpec) -> list[dict[str, Any]]:
+    """Inputs with stable types for the log: numerics as float, categoricals as text."""
+    columns: dict[str, list[Any]] = {}
+    for name in features.numeric:
+        columns[name] = [None if np.isnan(v) else float(v) for v in frame[name]]
+    for name in features.categorical:
+        columns[name] = [None if pd.isna(v) else v for v in category_text(frame[name])]
+    return [{name: values[i] for name, values in columns.items()} for i in range(len(frame))]
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars to the Python values JSON can carry."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def model_info(served: ServedModel) -> dict[str, Any]:
+    meta = served.meta
+    return {
+        "model_version": served.version,
+        "family": meta.get("family"),
+        "task": meta.get("task"),
+        "target": meta.get("target"),
+        "features": meta.get("features"),
+        "classes": meta.get("classes"),
+        "threshold": meta.get("threshold"),
+        "metrics": meta.get("metrics"),
+        "data_version": meta.get("data_version"),
+    }
+
+
+def create_app(
+    source: Callable[[], ServedModel],
+    *,
+    log: "PredictionLog | None" = None,
+    admin_token: str | None = None,
+    poll_seconds: float | None = None,
+    current_version: Callable[[], str | None] | None = None,
+    max_batch: int = MAX_BATCH,
+) -> "FastAPI":
+    """The service. `source` loads the model to serve (now, and on every reload);
+    `current_version` says which version should be served, checked every
+    `poll_seconds` when both are given."""
+    # This module has no `from __future__ import annotations`: FastAPI evaluates the
+    # endpoints' annotations, which name these function-local imports.
+    from fastapi import Body, FastAPI, Header
+    from fastapi.concurrency import run_in_threadpool
+    from fastapi.responses import JSONResponse
+
+    holder = ModelHolder(source())
+
+    async def poll() -> None:
+        while True:
+            await asyncio.sleep(poll_seconds or 0)
+            try:
+                wanted = await run_in_threadpool(current_version)  # type: ignore[arg-type]
+                if wanted is not None and str(wanted) != holder.current.version:
+                    served = await run_in_threadpool(holder.reload, source)
+                    logger.info("serving: now serving model version %s", served.version)
+            except Exception as exc:  # keep serving the old model
+                logger.warning("serving: model poll failed, old model still served: %s", exc)
+
+    @asynccontextmanager
+    async def lifespan(_: "FastAPI") -> AsyncIterator[None]:
+        task = None
+        if poll_seconds and current_version is not None:
+            task = asyncio.create_task(poll())
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
+            if log is not None:
+                try:
+                    await run_in_threadpool(log.flush)
+                except Exception as exc:
+                    logger.warning("serving: could not flush the prediction log: %s", exc)
+
+    app = FastAPI(title="Driftline model", lifespan=lifespan)
+    app.state.models = holder
+
+    @app.post("/predict")
+    def predict(body: Annotated[Any, Body()]) -> JSONResponse:
+        served = holder.current  # one reference for the whole request
+        try:
+            parsed = parse_request(body, served, max_batch)
+        except RequestError as exc:
+            return JSONResponse({"detail": exc.detail}, status_code=exc.status)
+        scored = score_records(served, parsed.records)
+        if log is not None:
+            try:
+                log.append(scored.log_rows)
+            except Exception as exc:  # the answer matters more than its record
+                logger.warning("serving: prediction not logged: %s", exc)
+        return JSONResponse({"model_version": served.version, "predictions": scored.predictions})
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "model_version": holder.current.version}
+
+    @app.get("/model")
+    def model() -> dict[str, Any]:
+        return model_info(holder.current)
+
+    @app.post("/admin/reload")
+    def reload(authorization: Annotated[str | None, Header()] = None) -> JSONResponse:
+        if admin_token is None:
+            return JSONResponse({"detail": "reload is disabled: no admin token"}, 404)
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return JSONResponse(
+                {"detail": "send Authorization: Bearer <admin token>"},
+                401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        if not secrets.compare_digest(token.encode(), admin_token.encode()):
+            return JSONResponse({"detail": "wrong admin token"}, 403)
+        previous = holder.current.version
+        try:
+            served = holder.reload(source)
+        except Exception as exc:
+            logger.warning("serving: reload failed, old model still served: %s", exc)
+            detail = f"reload failed, version {previous} still served: {exc}"
+            return JSONResponse({"detail": detail}, 500)
+        return JSONResponse({"model_version": served.version, "previous_version": previous})
+
+    return app
+
+
+def run_server(app: "FastAPI", host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve `app` with uvicorn until interrupted."""
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_level="info")
