@@ -118,5 +118,59 @@ def status(
         )
 
 
+@app.command("serve")
+@report_user_errors
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    poll: Annotated[float, typer.Option(help="Seconds between champion checks.")] = 10.0,
+    log: Annotated[
+        str, typer.Option(help="Prediction log: a folder (parquet by day) or a SQLAlchemy URL.")
+    ] = "data/production",
+    params: Annotated[Path, typer.Option(help="The params file.")] = DEFAULT_PARAMS,
+) -> None:
+    """Serve the registry's champion (ONNX) over HTTP; reload when the alias moves.
+
+    POST /admin/reload reloads at once when DRIFTLINE_ADMIN_TOKEN is set.
+    """
+    import os
+
+    from pipeline.prediction_log import PredictionLog, is_sql_url
+    from pipeline.served_champion import champion_source, champion_version
+    from pipeline.serving import create_app, run_server
+
+    config = load_params(params).mlflow
+    predictions = PredictionLog.sql(log) if is_sql_url(log) else PredictionLog.parquet(Path(log))
+    app_ = create_app(
+        champion_source(config),
+        log=predictions,
+        admin_token=os.environ.get("DRIFTLINE_ADMIN_TOKEN") or None,
+        poll_seconds=poll,
+        current_version=champion_version(config),
+    )
+    say(f"serving the champion of {config.registered_model!r} on http://{host}:{port}")
+    run_server(app_, host, port)
+
+
+@app.command("label")
+@report_user_errors
+def label(
+    file: Annotated[Path, typer.Argument(help="CSV or Parquet with columns id, label, time.")],
+    log: Annotated[str, typer.Option(help="The prediction log (folder or SQL URL).")] = (
+        "data/production"
+    ),
+) -> None:
+    """Join labels that arrived later to the logged predictions; store them by day."""
+    from pipeline.label_store import store_labels
+
+    stored = store_labels(file, log)
+    examples = f" (e.g. {', '.join(stored.unmatched[:3])})" if stored.unmatched else ""
+    say(
+        f"label: {stored.matched} of {stored.received} label(s) match a logged prediction; "
+        f"{len(stored.unmatched)} unmatched{examples}; {stored.unlabelled} prediction(s) "
+        f"still wait for a label -> {stored.path or 'nothing stored'}"
+    )
+
+
 if __name__ == "__main__":
     app()
