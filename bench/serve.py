@@ -503,8 +503,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print_timings("Where one serving call goes (each step timed on its own):", steps)
         print()
         print(
-            f"HTTP POST /predict, one record per request: uvicorn, 1 worker, access log on "
-            f"(run_server's defaults); {args.seconds:g} s per level after a "
+            f"HTTP POST /predict, one record per request: uvicorn, 1 worker, no access log, "
+            f"one ORT thread (run_server's defaults); {args.seconds:g} s per level after a "
             f"{WARMUP_SECONDS:g} s warm-up."
         )
         print(
