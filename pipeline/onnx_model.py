@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.features import FeatureSpec
+from pipeline.models.base import Decisions
 
 if TYPE_CHECKING:
     from pipeline.models import TabularModel
@@ -137,7 +138,7 @@ def _keep_output(onnx_model: Any, name: str | None) -> bytes:
     return onnx_model.SerializeToString()
 
 
-class OnnxModel:
+class OnnxModel(Decisions):
     """Scores raw columns with onnxruntime: the `TabularModel` contract for raw outputs
     and labels, without the training libraries or any pickle."""
 
@@ -214,26 +215,6 @@ class OnnxModel:
             positive = output.reshape(-1)
             return np.column_stack([1.0 - positive, positive])
         return output
-
-    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
-        if self.task == "regression":
-            raise TypeError("a regression model has no class probabilities")
-        return self.predict_raw(frame)
-
-    def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        """Predicted values, or class labels (binary: by the model's threshold)."""
-        return self.decide(self.predict_raw(frame))
-
-    def decide(self, raw: np.ndarray) -> np.ndarray:
-        if self.task == "regression":
-            return raw
-        return np.asarray(self.classes, dtype=object)[self.decide_codes(raw)]
-
-    def decide_codes(self, raw: np.ndarray) -> np.ndarray:
-        """Class probabilities to class codes, by the rule of `TabularModel.decide_codes`."""
-        if self.task == "binary" and self.threshold is not None:
-            return (raw[:, 1] >= self.threshold).astype(np.int64)
-        return raw.argmax(axis=1).astype(np.int64)
 
 
 def quantize_dynamic_int8(onnx_bytes: bytes) -> bytes:

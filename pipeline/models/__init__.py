@@ -23,7 +23,7 @@ from pipeline.artifacts import staged_directory
 from pipeline.config import Family, TrainConfig
 from pipeline.errors import ConfigError, DataError
 from pipeline.features import FeatureSpec, category_text
-from pipeline.models.base import FitReport, Learner, StepCallback, TrainingData
+from pipeline.models.base import Decisions, FitReport, Learner, StepCallback, TrainingData
 from pipeline.schema import DatasetSpec
 
 FORMAT_VERSION = 1
@@ -41,7 +41,7 @@ def learner_class(family: Family) -> type[Learner]:
 
 
 @dataclass
-class TabularModel:
+class TabularModel(Decisions):
     """A fitted model that takes raw columns and returns real labels."""
 
     family: Family
@@ -58,27 +58,6 @@ class TabularModel:
     def predict_raw(self, frame: pd.DataFrame) -> np.ndarray:
         """Regression values, or class probabilities (n, k) in `classes` order."""
         return self.learner.predict_raw(self.features.prepare(frame))
-
-    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
-        if self.task == "regression":
-            raise TypeError("a regression model has no class probabilities")
-        return self.predict_raw(frame)
-
-    def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        """Predicted values, or class labels (binary: by the threshold picked on val)."""
-        return self.decide(self.predict_raw(frame))
-
-    def decide(self, raw: np.ndarray) -> np.ndarray:
-        """Turn raw outputs into predictions: values, or class labels."""
-        if self.task == "regression":
-            return raw
-        return np.asarray(self.classes, dtype=object)[self.decide_codes(raw)]
-
-    def decide_codes(self, raw: np.ndarray) -> np.ndarray:
-        """Class probabilities to class codes (binary: by the threshold picked on val)."""
-        if self.task == "binary" and self.threshold is not None:
-            return (raw[:, 1] >= self.threshold).astype(np.int64)
-        return raw.argmax(axis=1).astype(np.int64)
 
     def save(self, directory: Path) -> None:
         """Write the model folder atomically: a failed save leaves the old one intact."""

@@ -122,3 +122,37 @@ def validation_loss(task: Task, y_true: np.ndarray, raw: np.ndarray) -> float:
     probabilities = np.clip(raw, 1e-15, 1.0)
     picked = probabilities[np.arange(len(y_true)), np.asarray(y_true, dtype=np.int64)]
     return float(-np.mean(np.log(picked)))
+
+
+class Decisions:
+    """Raw outputs to predictions, shared by the native model and its ONNX export so
+    that serving decides exactly as evaluation did. Needs `task`, `classes`,
+    `threshold` and `predict_raw`."""
+
+    task: str
+    classes: list[Any]
+    threshold: float | None
+
+    def predict_raw(self, frame: pd.DataFrame) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        if self.task == "regression":
+            raise TypeError("a regression model has no class probabilities")
+        return self.predict_raw(frame)
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        """Predicted values, or class labels (binary: by the threshold picked on val)."""
+        return self.decide(self.predict_raw(frame))
+
+    def decide(self, raw: np.ndarray) -> np.ndarray:
+        """Turn raw outputs into predictions: values, or class labels."""
+        if self.task == "regression":
+            return raw
+        return np.asarray(self.classes, dtype=object)[self.decide_codes(raw)]
+
+    def decide_codes(self, raw: np.ndarray) -> np.ndarray:
+        """Class probabilities to class codes (binary: by the threshold picked on val)."""
+        if self.task == "binary" and self.threshold is not None:
+            return (raw[:, 1] >= self.threshold).astype(np.int64)
+        return raw.argmax(axis=1).astype(np.int64)
