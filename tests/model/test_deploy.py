@@ -32,13 +32,18 @@ def records(project: Project) -> list[dict]:
     return read_records(project.root / "reports/promotions.jsonl")
 
 
-def test_the_champion_moves_only_through_the_gate_and_rolls_back(project: Project) -> None:
+def ready_to_ship(project: Project) -> None:
+    """Data stages run; untuned, no floors and a quick compress, so each ship is fast."""
     params = project.params()
     params["tune"]["n_trials"] = 0
     params["evaluate"]["floors"] = {}
     params["compress"].update(latency_calls=20, latency_rows=500)
     project.write_params(params)
     project.run_data_stages()
+
+
+def test_the_champion_moves_only_through_the_gate_and_rolls_back(project: Project) -> None:
+    ready_to_ship(project)
 
     # The first model passes on the floors alone and becomes champion v1.
     train_with(project, 3)
@@ -94,11 +99,7 @@ def test_the_champion_moves_only_through_the_gate_and_rolls_back(project: Projec
 
 
 def test_a_gate_decided_against_another_champion_is_not_trusted(project: Project) -> None:
-    params = project.params()
-    params["tune"]["n_trials"] = 0
-    params["compress"].update(latency_calls=20, latency_rows=500)
-    project.write_params(params)
-    project.run_data_stages()
+    ready_to_ship(project)
     project.run_stages("train", "tune", "evaluate", "compress", "deploy")  # champion v1
     train_with(project, 50)  # a different model: evaluated against v1 ...
     # ... as if the champion had moved since evaluate ran:

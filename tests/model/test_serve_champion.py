@@ -16,7 +16,7 @@ import urllib.request
 import pandas as pd
 
 from tests.conftest import REPO, Project
-from tests.model.test_deploy import train_with
+from tests.model.test_deploy import ready_to_ship, train_with
 
 
 def free_port() -> int:
@@ -33,12 +33,7 @@ def call(url: str, body: dict | None = None) -> dict:
 
 
 def test_serve_reloads_the_champion_and_logs_predictions(project: Project) -> None:
-    params = project.params()
-    params["tune"]["n_trials"] = 0
-    params["evaluate"]["floors"] = {}
-    params["compress"].update(latency_calls=20, latency_rows=500)
-    project.write_params(params)
-    project.run_data_stages()
+    ready_to_ship(project)
     train_with(project, 3)  # v1
     train_with(project, 2000)  # v2 beats it: champion v2, previous v1
 
