@@ -477,6 +477,44 @@ class MlflowConfig(Section):
     registered_model: str = "driftline"
 
 
+# --- monitor ------------------------------------------------------------------------------
+
+
+class MonitorConfig(Section):
+    """The monitoring flow: which window it reads, when it calls drift, and the guards
+    that keep drift alerts from starting a retraining storm."""
+
+    cron: str = Field(default="0 * * * *", min_length=1, description="when the monitor runs")
+    timezone: str = "UTC"
+    window_hours: float = Field(default=168, gt=0, description="the newest production window")
+    min_window_rows: int = Field(default=500, ge=1, description="smaller windows decide nothing")
+    # Drift: at least this share of the feature columns drifted (Evidently's default)...
+    drift_share: float = Field(default=0.5, gt=0, le=1)
+    # ...or the quality metric (evaluate.primary_metric) fell by more than this share
+    # against the reference, once labels have arrived.
+    max_metric_drop: float = Field(default=0.1, ge=0)
+    min_labelled_rows: int = Field(default=200, ge=1, description="fewer: quality not judged")
+    cooldown_minutes: float = Field(default=360, ge=0, description="between two retrainings")
+    retrain_pool: str = Field(default="gpu", min_length=1)
+    monitor_pool: str = Field(default="cpu", min_length=1)
+    reports: str = "reports/monitoring"
+    prediction_log: str = "data/production"
+    evidently_workspace: str = "evidently"
+
+
+# --- orchestrate --------------------------------------------------------------------------
+
+
+class OrchestrateConfig(Section):
+    """The training flow: retries for transient failures, and where a run's data
+    version goes once it succeeds."""
+
+    retries: int = Field(default=2, ge=0, description="for I/O and tracking-server errors")
+    retry_delay_seconds: float = Field(default=5, ge=0)
+    push: bool = True  # `dvc push` to the default remote, when one is configured
+    git_branch: str | None = None  # commit dvc.lock to this branch after a run
+
+
 # --- the whole file -----------------------------------------------------------------------
 
 
@@ -490,6 +528,8 @@ class Params(Section):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     compress: CompressConfig = Field(default_factory=CompressConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    orchestrate: OrchestrateConfig = Field(default_factory=OrchestrateConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> Params:
