@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -104,10 +105,19 @@ def test_repro_runs_every_stage(dvc_project: DvcProject) -> None:
     assert (dvc_project.root / "dvc_plots/index.html").exists(), shown.stderr
 
 
-def test_second_repro_does_nothing(dvc_project: DvcProject) -> None:
+def test_second_repro_keeps_the_champion_and_says_why(dvc_project: DvcProject) -> None:
+    lock = (dvc_project.root / "dvc.lock").read_bytes()
+    before = dvc_project.outputs()
     again = dvc_project.dvc("repro")
-    assert dvc_project.ran(again.stdout) == set()
-    assert "Data and pipelines are up to date" in again.stdout
+    # Only deploy runs: it reads the registry, which DVC cannot see.
+    assert dvc_project.ran(again.stdout) == {"deploy"}
+    assert (dvc_project.root / "dvc.lock").read_bytes() == lock
+    assert dvc_project.outputs() == before
+    records = (dvc_project.root / "reports/promotions.jsonl").read_text().splitlines()
+    first, kept = json.loads(records[0]), json.loads(records[-1])
+    assert first["action"] == "promote" and kept["action"] == "keep"
+    assert kept["version"] == first["version"]
+    assert "already" in kept["reason"] and "nothing changed" in kept["reason"]
 
 
 def test_split_param_reruns_split_only(dvc_project: DvcProject) -> None:
@@ -117,7 +127,7 @@ def test_split_param_reruns_split_only(dvc_project: DvcProject) -> None:
     rerun = dvc_project.dvc("repro")
     # A time split does not use the seed: only the reference sample changes, so the
     # train and val files are byte-identical and nothing after split runs again.
-    assert dvc_project.ran(rerun.stdout) == {"split"}
+    assert dvc_project.ran(rerun.stdout) == {"split", "deploy"}
 
 
 def test_train_param_reruns_train_and_after_only(dvc_project: DvcProject) -> None:
@@ -146,7 +156,7 @@ def test_bad_source_fails_and_keeps_every_output(dvc_project: DvcProject) -> Non
     assert dvc_project.outputs() == before
     # Back to the locked source: the failed run changed nothing, so nothing is left to do.
     dvc_project.edit_params("data", "source", str(FIXTURES / "bike_sharing_2000.csv"))
-    assert dvc_project.ran(dvc_project.dvc("repro").stdout) == set()
+    assert dvc_project.ran(dvc_project.dvc("repro").stdout) == {"deploy"}
 
 
 def test_labelled_batch_in_landing_reaches_the_split(dvc_project: DvcProject) -> None:
