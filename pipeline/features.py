@@ -5,11 +5,19 @@ numbers.
 serving all call: it selects the feature columns in a fixed order, makes numerics
 float and categoricals text (so `1`, `1.0` and `"1"` are the same category). What is
 learned from train rows (the category lists) is stored with the model as JSON.
+
+A model scores `FeatureArrays`: numerics as a float32 matrix, categoricals as codes
+and as text. `FeatureSpec.arrays` builds them from a prepared frame (training,
+evaluation, batch files); `FeatureSpec.record_arrays` builds the same arrays from
+request records without pandas, because for one row pandas costs 100 times more than
+the model (bench.serve). Tests check that the two paths agree.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -20,6 +28,29 @@ from pipeline.schema import DatasetSpec
 
 # Categories past this many (by frequency in train) are treated as unknown.
 MAX_CATEGORIES = 256
+
+
+@dataclass(frozen=True)
+class FeatureArrays:
+    """Prepared features as arrays, in model order."""
+
+    numeric: np.ndarray  # (n, numerics) float32, NaN for gaps
+    codes: np.ndarray  # (n, categoricals) int64: 1..k the train categories, 0 gap or unseen
+    texts: tuple[np.ndarray, ...]  # per categorical, object: the text, None for a gap
+
+    def __len__(self) -> int:
+        return len(self.numeric)
+
+    def encoded(self) -> np.ndarray:
+        """Numerics then category codes in one float32 matrix, NaN for gaps and unseen
+        categories: the input of tree models."""
+        return encode(self.numeric, self.codes)
+
+
+def encode(numeric: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    shifted = codes.astype(np.float32) - 1
+    shifted[shifted < 0] = np.nan
+    return np.hstack([numeric, shifted])
 
 
 @dataclass(frozen=True)
@@ -103,9 +134,41 @@ class FeatureSpec:
     def encoded_matrix(self, prepared: pd.DataFrame) -> np.ndarray:
         """Numerics then category codes in one float32 matrix, NaN for gaps and unknown
         categories: the input of tree models."""
-        codes = self.category_codes(prepared).astype(np.float32) - 1
-        codes[codes < 0] = np.nan
-        return np.hstack([self.numeric_matrix(prepared), codes])
+        return encode(self.numeric_matrix(prepared), self.category_codes(prepared))
+
+    def arrays(self, prepared: pd.DataFrame) -> FeatureArrays:
+        """The model inputs of a frame that `prepare` returned."""
+        texts = tuple(
+            np.where(prepared[column].isna(), None, prepared[column].to_numpy(dtype=object))
+            for column in self.categorical
+        )
+        return FeatureArrays(self.numeric_matrix(prepared), self.category_codes(prepared), texts)
+
+    def record_arrays(self, records: Sequence[Mapping[str, Any]]) -> FeatureArrays:
+        """The model inputs of records keyed by feature name, as request validation
+        leaves them (numerics a number or None, categoricals text, a number, a boolean
+        or None): the same arrays as `arrays(prepare(frame))`, without pandas."""
+        nan = float("nan")
+        numeric = np.array(
+            [[nan if (v := row[c]) is None else v for c in self.numeric] for row in records],
+            dtype=np.float64,
+        ).reshape(len(records), len(self.numeric))
+        texts = tuple(
+            np.array([category_value(row[column]) for row in records], dtype=object)
+            for column in self.categorical
+        )
+        codes = np.zeros((len(records), len(self.categorical)), dtype=np.int64)
+        for position, (column, values) in enumerate(zip(self.categorical, texts, strict=True)):
+            lookup = self._category_codes[column]
+            codes[:, position] = [lookup.get(value, 0) for value in values]
+        return FeatureArrays(numeric.astype(np.float32), codes, texts)
+
+    @cached_property
+    def _category_codes(self) -> dict[str, dict[str, int]]:
+        return {
+            column: {value: code for code, value in enumerate(self.categories[column], start=1)}
+            for column in self.categorical
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -123,19 +186,25 @@ class FeatureSpec:
         )
 
 
+def category_value(value: Any) -> str | None:
+    """One category as text, None for a gap: whole floats are written as integers
+    (`1.0` -> `"1"`) so that a category means the same from CSV, parquet or JSON."""
+    if value is None or value is pd.NA:
+        return None
+    if isinstance(value, float | np.floating):
+        if np.isnan(value):
+            return None
+        return str(int(value)) if float(value).is_integer() else str(value)
+    if isinstance(value, bool | np.bool_):
+        return str(bool(value))
+    return str(value)
+
+
 def category_text(values: pd.Series) -> pd.Series:
-    """Category values as text, with whole floats written as integers (`1.0` -> `"1"`)
-    so that a category means the same whether it came from CSV, parquet or JSON."""
-
-    def as_text(value: Any) -> Any:
-        if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
-            return np.nan
-        if isinstance(value, bool | np.bool_):
-            return str(bool(value))
-        if isinstance(value, float | np.floating) and float(value).is_integer():
-            return str(int(value))
-        return str(value)
-
+    """A column's categories as text (`category_value`), NaN for gaps."""
     if pd.api.types.is_integer_dtype(values) and not values.isna().any():
         return values.astype("int64").astype(str).astype(object)
-    return values.astype(object).map(as_text).astype(object)
+    texts = [category_value(value) for value in values.astype(object)]
+    return pd.Series(
+        [np.nan if text is None else text for text in texts], index=values.index, dtype=object
+    )

@@ -8,9 +8,10 @@ Every graph returns what `TabularModel.predict_raw` returns: regression values, 
 probabilities in `classes` order.
 
 `OnnxModel` is what serving loads: ONNX bytes plus the model's JSON metadata, never a
-pickle. Its inputs come from the same `FeatureSpec.prepare` as training, so the two
-agree on gaps and unseen categories. Heavy libraries are imported inside functions, so
-importing this module imports none of onnx, onnxruntime or torch.
+pickle. Its inputs are the `FeatureArrays` training builds (from a frame, or from
+request records without pandas), so the two agree on gaps and unseen categories.
+Heavy libraries are imported inside functions, so importing this module imports none
+of onnx, onnxruntime or torch.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from pipeline.features import FeatureSpec
+from pipeline.features import FeatureArrays, FeatureSpec
 from pipeline.models.base import Decisions
 
 if TYPE_CHECKING:
@@ -181,34 +182,38 @@ class OnnxModel(Decisions):
         )
 
     def inputs(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
-        """The graph's inputs for `frame`, built as the family's learner builds them."""
-        prepared = self.features.prepare(frame)
+        """The graph's inputs for raw columns, built as the family's learner builds them."""
+        return self.feeds(self.features.arrays(self.features.prepare(frame)))
+
+    def feeds(self, arrays: FeatureArrays) -> dict[str, np.ndarray]:
+        """The graph's inputs for prepared features."""
         if self.family == "xgboost":
-            return {self.input_names[0]: self.features.encoded_matrix(prepared)}
+            return {self.input_names[0]: arrays.encoded()}
         if self.family == "torch":
-            feeds = {
-                "numeric": self.features.numeric_matrix(prepared),
-                "codes": self.features.category_codes(prepared),
-            }
+            feeds = {"numeric": arrays.numeric, "codes": arrays.codes}
             # The exporter drops an input the graph never reads (a zero-width one).
             return {name: feeds[name] for name in self.input_names}
         from pipeline.models.sklearn_model import MISSING_CATEGORY
 
-        columns: list[np.ndarray] = [
-            prepared[column].to_numpy(dtype=np.float32, na_value=np.nan).reshape(-1, 1)
-            for column in self.features.numeric
-        ]
+        numeric = arrays.numeric
+        columns = [np.ascontiguousarray(numeric[:, [i]]) for i in range(numeric.shape[1])]
         columns += [
-            prepared[column].fillna(MISSING_CATEGORY).to_numpy(dtype=object).reshape(-1, 1)
-            for column in self.features.categorical
+            np.array([MISSING_CATEGORY if v is None else v for v in texts], dtype=object).reshape(
+                -1, 1
+            )
+            for texts in arrays.texts
         ]
         # One input per column, declared in `FeatureSpec.columns` order at export.
         return dict(zip(self.input_names, columns, strict=True))
 
     def predict_raw(self, frame: pd.DataFrame) -> np.ndarray:
         """Regression values (n,), or class probabilities (n, k) in `classes` order."""
-        inputs = self.inputs(frame)
-        output = np.asarray(self.session.run([self.output_name], inputs)[0], dtype=np.float64)
+        return self.predict_arrays(self.features.arrays(self.features.prepare(frame)))
+
+    def predict_arrays(self, arrays: FeatureArrays) -> np.ndarray:
+        """`predict_raw` for prepared features."""
+        output = self.session.run([self.output_name], self.feeds(arrays))[0]
+        output = np.asarray(output, dtype=np.float64)
         if self.task == "regression":
             return output.reshape(-1)
         if output.ndim == 1 or output.shape[1] == 1:  # P(positive) only

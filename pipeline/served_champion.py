@@ -49,7 +49,9 @@ def champion_source(config: MlflowConfig, cache: Path | None = None) -> Callable
                 f"champion v{champion.version} has no ONNX export: deploy it again "
                 "(dvc repro -f -s deploy)"
             )
-        served = load_served_model(champion.onnx_directory, champion.version)
+        served = load_served_model(
+            champion.onnx_directory, champion.version, native=champion.directory
+        )
         registered = {
             "metrics": json.loads(champion.tags.get("driftline.metrics", "{}")),
             "data_version": champion.tags.get("driftline.data_version"),

@@ -22,7 +22,7 @@ import pandas as pd
 from pipeline.artifacts import staged_directory
 from pipeline.config import Family, TrainConfig
 from pipeline.errors import ConfigError, DataError
-from pipeline.features import FeatureSpec, category_text
+from pipeline.features import FeatureArrays, FeatureSpec, category_text
 from pipeline.models.base import Decisions, FitReport, Learner, StepCallback, TrainingData
 from pipeline.schema import DatasetSpec
 
@@ -58,6 +58,10 @@ class TabularModel(Decisions):
     def predict_raw(self, frame: pd.DataFrame) -> np.ndarray:
         """Regression values, or class probabilities (n, k) in `classes` order."""
         return self.learner.predict_raw(self.features.prepare(frame))
+
+    def predict_arrays(self, arrays: FeatureArrays) -> np.ndarray:
+        """`predict_raw` for prepared features (`FeatureSpec.arrays`/`record_arrays`)."""
+        return self.learner.predict_arrays(arrays)
 
     def save(self, directory: Path) -> None:
         """Write the model folder atomically: a failed save leaves the old one intact."""

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import Task
-from pipeline.features import FeatureSpec
+from pipeline.features import FeatureArrays, FeatureSpec
 
 # Called after each boosting round or epoch with (step, validation loss). It may raise
 # (Optuna's TrialPruned) to stop training early.
@@ -97,6 +97,10 @@ class Learner(ABC):
     @abstractmethod
     def predict_raw(self, prepared: pd.DataFrame) -> np.ndarray:
         """Regression: shape (n,). Classification: class probabilities, shape (n, k)."""
+
+    @abstractmethod
+    def predict_arrays(self, arrays: FeatureArrays) -> np.ndarray:
+        """`predict_raw` for features already turned into arrays (serving's fast path)."""
 
     @abstractmethod
     def save(self, directory: Path) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import Task
-from pipeline.features import FeatureSpec
+from pipeline.features import FeatureArrays, FeatureSpec
 from pipeline.models.base import FitReport, Learner, StepCallback, TrainingData, validation_loss
 
 PIPELINE_FILE = "pipeline.skops"
@@ -102,6 +102,17 @@ class SklearnLearner(Learner):
         if self.task == "regression":
             return np.asarray(self.pipeline.predict(inputs), dtype=np.float64)
         return np.asarray(self.pipeline.predict_proba(inputs), dtype=np.float64)
+
+    def predict_arrays(self, arrays: FeatureArrays) -> np.ndarray:
+        """The Pipeline takes named columns: the arrays as a prepared frame (numerics as
+        the float32 values the ONNX export also sees)."""
+        columns: dict[str, Any] = {
+            name: arrays.numeric[:, position].astype(np.float64)
+            for position, name in enumerate(self.features.numeric)
+        }
+        for name, texts in zip(self.features.categorical, arrays.texts, strict=True):
+            columns[name] = pd.Series([np.nan if t is None else t for t in texts], dtype=object)
+        return self.predict_raw(pd.DataFrame(columns))
 
     def save(self, directory: Path) -> None:
         import skops.io

@@ -28,7 +28,7 @@ from torch import nn
 
 from pipeline.config import Task, TorchConfig, describe_errors
 from pipeline.errors import ConfigError, DataError
-from pipeline.features import FeatureSpec
+from pipeline.features import FeatureArrays, FeatureSpec
 from pipeline.models.base import (
     FitReport,
     Learner,
@@ -283,6 +283,10 @@ class TorchLearner(Learner):
     def predict_raw(self, prepared: pd.DataFrame) -> np.ndarray:
         numeric = torch.from_numpy(self.features.numeric_matrix(prepared))
         codes = torch.from_numpy(self.features.category_codes(prepared))
+        return _score(self._fitted(), numeric, codes)
+
+    def predict_arrays(self, arrays: FeatureArrays) -> np.ndarray:
+        numeric, codes = torch.from_numpy(arrays.numeric), torch.from_numpy(arrays.codes)
         return _score(self._fitted(), numeric, codes)
 
     def export_module(self) -> ScoringModule:

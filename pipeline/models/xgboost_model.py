@@ -15,7 +15,7 @@ import pandas as pd
 import xgboost as xgb
 
 from pipeline.config import Task
-from pipeline.features import FeatureSpec
+from pipeline.features import FeatureArrays, FeatureSpec
 from pipeline.models.base import FitReport, Learner, StepCallback, TrainingData
 
 BOOSTER_FILE = "booster.ubj"
@@ -99,10 +99,16 @@ class XGBoostLearner(Learner):
         return FitReport(best_step=best, val_loss=curve[best], history=curve, device=self.device)
 
     def predict_raw(self, prepared: pd.DataFrame) -> np.ndarray:
-        output = self.booster.inplace_predict(self.features.encoded_matrix(prepared))
+        return self._raw(self.booster.inplace_predict(self.features.encoded_matrix(prepared)))
+
+    def predict_arrays(self, arrays: FeatureArrays) -> np.ndarray:
+        return self._raw(self.booster.inplace_predict(arrays.encoded()))
+
+    def _raw(self, output: np.ndarray) -> np.ndarray:
+        output = np.asarray(output, dtype=np.float64)
         if self.task == "binary":
             return np.column_stack([1.0 - output, output])
-        return np.asarray(output, dtype=np.float64)
+        return output
 
     def save(self, directory: Path) -> None:
         self.booster.save_model(str(directory / BOOSTER_FILE))

@@ -10,6 +10,10 @@ more than `compress.max_metric_drop` on the primary metric, compress refuses and
 writes nothing. Dynamic int8 quantisation is tried for torch and linear models and
 kept only when it is faster and within the same tolerance (`quantize: auto`).
 
+Serving's two runtimes are then timed on batches of growing size: where the native
+model is faster from some size on (xgboost on large batches), `model.json` says so in
+`serving.native_from_rows`, and the server scores such batches natively.
+
 Outputs: `models/compressed/{model.onnx,model.json}` (what serving loads: no pickle),
 `reports/compression.json` (sizes, latency side by side, metric deltas) and
 `metrics/compress.json`.
@@ -39,6 +43,8 @@ if TYPE_CHECKING:
 
 ONNX_FILE = "model.onnx"
 META_FILE = "model.json"
+# Batch sizes at which serving's two runtimes are timed against each other.
+BATCH_SIZES = (1, 16, 128, 1024)
 
 
 class CompressionRefused(DriftlineError):
@@ -64,6 +70,8 @@ class Compression:
     sizes: dict[str, int]
     latency: dict[str, Latency]
     candidates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    native_from_rows: int | None = None
+    batch_ms: dict[int, dict[str, float]] = field(default_factory=dict)
 
     def report(self) -> dict[str, Any]:
         return {
@@ -75,6 +83,15 @@ class Compression:
             "size_bytes": self.sizes,
             "latency_ms": {name: vars(value) for name, value in self.latency.items()},
             "candidates": self.candidates,
+            "serving": self.serving(),
+        }
+
+    def serving(self) -> dict[str, Any]:
+        """How serving scores: ONNX, and the native model for batches of
+        `native_from_rows` or more where it measured faster (None: never)."""
+        return {
+            "native_from_rows": self.native_from_rows,
+            "batch_ms": {str(size): times for size, times in self.batch_ms.items()},
         }
 
 
@@ -116,6 +133,41 @@ def measure_latency(predict: Any, rows: pd.DataFrame, batch_rows: int, calls: in
         one_row_p99_ms=round(float(np.percentile(timings, 99)), 4),
         batch_ms=round(float(np.median(batch_timings)), 3),
     )
+
+
+def median_ms(predict: Any, arrays: Any, budget_s: float = 0.2, most: int = 200) -> float:
+    """The median time of `predict(arrays)` over up to `most` calls or `budget_s`."""
+    predict(arrays)  # warm-up
+    timings: list[float] = []
+    deadline = time.perf_counter() + budget_s
+    while len(timings) < 3 or (len(timings) < most and time.perf_counter() < deadline):
+        started = time.perf_counter()
+        predict(arrays)
+        timings.append((time.perf_counter() - started) * 1000)
+    return round(float(np.median(timings)), 4)
+
+
+def batch_runtimes(
+    model: TabularModel, served: Any, rows: pd.DataFrame, largest: int
+) -> tuple[int | None, dict[int, dict[str, float]]]:
+    """Time the native model and the served ONNX model on prepared batches of growing
+    size; the smallest size from which native is faster at every larger size measured
+    (None: ONNX is never slower), and the timings."""
+    sizes = sorted({size for size in BATCH_SIZES if size < largest} | {largest})
+    timings: dict[int, dict[str, float]] = {}
+    for size in sizes:
+        batch = rows.sample(n=size, replace=len(rows) < size, random_state=size)
+        arrays = model.features.arrays(model.features.prepare(batch))
+        timings[size] = {
+            "native": median_ms(model.predict_arrays, arrays),
+            "onnx": median_ms(served.predict_arrays, arrays),
+        }
+    native_from = None
+    for size in reversed(sizes):
+        if timings[size]["native"] >= timings[size]["onnx"]:
+            break
+        native_from = size
+    return native_from, timings
 
 
 def quantizable(model: TabularModel) -> bool:
@@ -186,7 +238,12 @@ def compress(
             if keep:
                 chosen, quantized, chosen_score = int8, True, int8_score
                 latency["onnx_int8"] = int8_latency
+    # Timed as serving runs them: one ONNX Runtime thread, inputs already prepared.
+    served = OnnxModel.from_model(model, chosen, intra_op_num_threads=1)
+    native_from_rows, batch_ms = batch_runtimes(model, served, test, config.latency_rows)
     return Compression(
+        native_from_rows=native_from_rows,
+        batch_ms=batch_ms,
         onnx_bytes=chosen,
         quantized=quantized,
         metric=metric,
@@ -236,6 +293,7 @@ def main(
         meta = {
             **candidate.describe(),
             "onnx": {"file": ONNX_FILE, "quantized": result.quantized, "metric": metric},
+            "serving": result.serving(),
         }
         (staged / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     summary = result.report()
@@ -264,6 +322,8 @@ def main(
         f"{native.one_row_p50_ms:.3g} -> {onnx.one_row_p50_ms:.3g} ms, "
         f"{config.latency_rows} rows {native.batch_ms:.3g} -> {onnx.batch_ms:.3g} ms -> {out}"
     )
+    if result.native_from_rows:
+        say(f"serving: the native model is faster from {result.native_from_rows} rows a batch")
 
 
 if __name__ == "__main__":

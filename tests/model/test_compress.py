@@ -62,6 +62,15 @@ def test_compress_exports_checks_and_measures(
     assert meta["onnx"]["quantized"] == report["quantized"]
     assert meta["features"] == native.features.to_dict()
 
+    # Serving's runtimes timed side by side on growing batches, up to latency_rows.
+    serving = report["serving"]
+    assert meta["serving"] == serving
+    assert list(serving["batch_ms"]) == ["1", "16", "128", "500"]
+    assert all(t["native"] > 0 and t["onnx"] > 0 for t in serving["batch_ms"].values())
+    native_from = serving["native_from_rows"]
+    faster = [int(n) for n, t in serving["batch_ms"].items() if t["native"] < t["onnx"]]
+    assert native_from is None or (native_from in faster and max(faster) == 500)
+
 
 def test_an_export_that_scores_worse_than_the_tolerance_is_refused() -> None:
     assert metric_drop("rmse", 100.0, 101.0) == pytest.approx(0.01)

@@ -113,6 +113,24 @@ def test_onnx_scores_as_the_native_model(family: str, estimator: str | None, tas
 
 
 @pytest.mark.parametrize(("family", "estimator", "task"), CASES, ids=lambda v: str(v))
+def test_request_records_score_as_the_frame_does(
+    family: str, estimator: str | None, task: str
+) -> None:
+    """Serving's path (records to arrays, no pandas) gives what a frame gives, for the
+    ONNX runner and for the native model that serves large batches."""
+    model, onnx_bytes = fitted(family, estimator, task)
+    runner = OnnxModel.from_model(model, onnx_bytes)
+    rows = scoring_rows(task)
+    records = [
+        {name: (None if pd.isna(value) else value) for name, value in row.items()}
+        for row in rows.to_dict(orient="records")
+    ]
+    arrays = model.features.record_arrays(records)
+    np.testing.assert_array_equal(runner.predict_arrays(arrays), runner.predict_raw(rows))
+    assert_same_raw(task, model.predict_arrays(arrays), model.predict_raw(rows))
+
+
+@pytest.mark.parametrize(("family", "estimator", "task"), CASES, ids=lambda v: str(v))
 def test_the_graph_is_valid_onnx_with_a_dynamic_batch(
     family: str, estimator: str | None, task: str
 ) -> None:

@@ -53,6 +53,7 @@ def write_model(folder: Path, task: str, seed: int = 0) -> Path:
     (folder / "model.onnx").write_bytes(export_onnx(model))
     meta = {**model.describe(), "metrics": {"roc_auc": 0.9}, "data_version": "abc123"}
     (folder / "model.json").write_text(json.dumps(meta))
+    model.save(folder.with_name(folder.name + "-native"))
     return folder
 
 
@@ -123,6 +124,31 @@ def test_regression_returns_values_without_probabilities(folders: dict[str, Path
     expected = served.model.predict(pd.DataFrame(records))
     assert [p["prediction"] for p in predictions] == pytest.approx(list(expected), rel=1e-6)
     assert "probabilities" not in predictions[0]
+
+
+def test_large_batches_go_to_the_native_model_where_compress_found_it_faster(
+    folders: dict[str, Path],
+) -> None:
+    folder = folders["regression"]
+    meta = json.loads((folder / "model.json").read_text())
+    meta["serving"] = {"native_from_rows": 8, "batch_ms": {}}
+    (folder / "model.json").write_text(json.dumps(meta))
+    try:
+        served = load_served_model(folder, "r1", native=folder.with_name("regression-native"))
+    finally:
+        del meta["serving"]
+        (folder / "model.json").write_text(json.dumps(meta))
+    assert served.runtime(7) is served.model and served.runtime(8) is served.native
+    client = TestClient(create_app(fixed(served)))
+    records = rows(10)
+    native = client.post("/predict", json={"records": records}).json()["predictions"]
+    onnx = client.post("/predict", json={"records": records[:7]}).json()["predictions"]
+    expected = served.native.predict(pd.DataFrame(records))
+    assert [p["prediction"] for p in native] == pytest.approx(list(expected), rel=1e-9)
+    assert [p["prediction"] for p in onnx] == pytest.approx(list(expected[:7]), rel=1e-5)
+    # Without the measurement, ONNX serves every size, native folder or not.
+    alone = load_served_model(folder, "r1", native=folder.with_name("regression-native"))
+    assert alone.native is None and alone.runtime(10_000) is alone.model
 
 
 def test_categories_as_numbers_or_booleans_are_accepted(binary: ServedModel) -> None:
