@@ -2,8 +2,10 @@
 
 Outputs: `data/split/{train,val,test}.parquet`, `data/reference/reference.parquet`
 (what the monitor compares production data with: a seeded sample of train rows),
-`reports/split.json` and flat figures in `metrics/split.json`. Test rows live in a
-file of their own that the train and tune stages do not depend on.
+`data/reference/drift_profile/` (what the drift check needs from that sample, computed
+once here rather than on every check: see `pipeline.drift`), `reports/split.json` and
+flat figures in `metrics/split.json`. Test rows live in a file of their own that the
+train and tune stages do not depend on.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import typer
 from pipeline.artifacts import read_stage_input, write_json_atomic, write_parquet_atomic
 from pipeline.config import DEFAULT_PARAMS, SplitConfig, load_params
 from pipeline.console import report_user_errors, say
+from pipeline.drift import build_profile, profile_columns, write_profile
 from pipeline.errors import DataError
 from pipeline.schema import DatasetSpec
 
@@ -177,6 +180,9 @@ def main(
     reference: Annotated[Path, typer.Option(help="The monitor's reference sample.")] = Path(
         "data/reference/reference.parquet"
     ),
+    profile: Annotated[
+        Path, typer.Option(help="Folder for the drift check's profile of the reference.")
+    ] = Path("data/reference/drift_profile"),
     report: Annotated[Path, typer.Option(help="Rows, periods and target per set.")] = Path(
         "reports/split.json"
     ),
@@ -184,20 +190,25 @@ def main(
         "metrics/split.json"
     ),
 ) -> None:
-    """Split data/clean into train, val and test; sample the monitor's reference."""
+    """Split data/clean into train, val and test; sample the monitor's reference and
+    profile it for the drift check."""
     config = load_params(params).split
     spec = DatasetSpec.read(raw / "schema.yaml")
     frame = read_stage_input(clean, "clean")
     result = split(frame, spec, config)
+    # Built before anything is written: a failure leaves every output as it was.
+    drift_profile = build_profile(result.reference, *profile_columns(result.reference, spec))
     for name in PARTS:
         write_parquet_atomic(out / f"{name}.parquet", getattr(result, name))
     write_parquet_atomic(reference, result.reference)
+    write_profile(drift_profile, profile)
     write_json_atomic(report, result.summary(spec))
     figures = result.figures()
     write_json_atomic(metrics, figures)
     say(
         f"split ({result.method}): train {figures['train_rows']}, val {figures['val_rows']}, "
-        f"test {figures['test_rows']} rows; reference {figures['reference_rows']} -> {out}"
+        f"test {figures['test_rows']} rows; reference {figures['reference_rows']} -> {out}; "
+        f"drift profile of {len(drift_profile.columns)} columns -> {profile}"
     )
 
 

@@ -1,0 +1,381 @@
+"""Driftline's drift check against Evidently's `DataDriftPreset`, on the same frames.
+
+`python -m bench.drift --rows 1000000 --cols 20` prints, for each way of deciding drift,
+its wall time and peak memory, the speed-up, and whether the per-column verdicts agree.
+It is a benchmark, not a test: it asserts nothing and writes nothing in the repository.
+
+The frames are synthetic and seeded (`--seed`): a reference of `--reference-rows` rows
+(default: `--rows`, the same size as the current window, as the issue's 114 s figure
+was measured) and a current window of `--rows` rows, with `--cols` columns: continuous
+numerics (1% missing), numerics of four values and six-category text columns. A third
+of the columns are shifted enough to drift, a third a little (close to the thresholds,
+so the methods have to agree where it is hard), the rest not at all.
+
+Each method runs in a fresh Python process that builds the frames it needs, then is
+timed; its peak RSS (`ru_maxrss`) covers that process alone:
+
+- evidently: `Report([DataDriftPreset()]).run(...)` on the reference and the window, with
+  an explicit `DataDefinition` (which columns are numeric and which categorical), and
+  per-column verdicts read from the snapshot. `import evidently` is timed apart.
+- profile: `build_profile` on the reference and `write_profile` to a temporary folder:
+  what the split stage pays once per reference.
+- check: `read_profile` of that folder and `check_drift` on the window: what the
+  monitor pays for each decision. It never sees the reference frame. The scipy modules
+  that `pipeline.drift` imports on first use are timed with the imports.
+
+"RSS before" is what each process holds once its imports are done and its frames built;
+"peak RSS" is its `ru_maxrss` from there on: the process's peak while the method runs,
+frames included. (Linux lets a process reset that high-water mark, through
+/proc/self/clear_refs, so building the frames does not count; where it cannot, the
+header says so and the peak covers the whole process.)
+
+The speed-up is Evidently's run over the check (read + check_drift), and over profile
+plus check (a window checked against a reference never profiled before).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+QUIET = {
+    "DO_NOT_TRACK": "true",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DVC_NO_ANALYTICS": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "ORT_DISABLE_TELEMETRY": "1",
+    "GX_ANALYTICS_ENABLED": "false",
+}
+CATEGORIES = np.array([f"k{index}" for index in range(6)], dtype=object)
+MISSING_SHARE = 0.01
+
+
+# --- the frames --------------------------------------------------------------------------
+
+
+def column_kind(position: int) -> str:
+    """Every fifth column is text categories, every fifth a numeric of four values."""
+    if position % 5 == 4:
+        return "categorical"
+    return "discrete" if position % 5 == 3 else "continuous"
+
+
+def column_shift(position: int) -> float:
+    """How far the current window moves from the reference: 0.25 (drifts), 0.05 (near
+    the thresholds) or 0."""
+    return (0.25, 0.05, 0.0)[position % 3]
+
+
+def column_names(cols: int) -> tuple[list[str], list[str]]:
+    """(numeric, categorical) column names."""
+    names = [f"f{position:02d}" for position in range(cols)]
+    numeric = [
+        name for position, name in enumerate(names) if column_kind(position) != "categorical"
+    ]
+    categorical = [name for name in names if name not in numeric]
+    return numeric, categorical
+
+
+def make_frame(rows: int, cols: int, seed: int, current: bool) -> pd.DataFrame:
+    """The reference (`current=False`) or the window, seeded per column and role, so each
+    process builds the same frames."""
+    columns = {}
+    for position in range(cols):
+        rng = np.random.default_rng([seed, position, int(current)])
+        shift = column_shift(position) if current else 0.0
+        kind = column_kind(position)
+        if kind == "continuous":
+            values = rng.normal(loc=shift, scale=1.0 + shift, size=rows)
+            values[rng.random(rows) < MISSING_SHARE] = np.nan
+        elif kind == "discrete":
+            shares = np.array([0.4, 0.3, 0.2, 0.1]) + np.array([-1, 0, 0, 1]) * shift
+            values = rng.choice(4, size=rows, p=shares).astype(np.float64)
+        else:
+            shares = np.full(len(CATEGORIES), 1 / len(CATEGORIES))
+            shares[0], shares[-1] = shares[0] + shift / 2, shares[-1] - shift / 2
+            values = CATEGORIES[rng.choice(len(CATEGORIES), size=rows, p=shares)]
+        columns[f"f{position:02d}"] = values
+    return pd.DataFrame(columns)
+
+
+# --- the workers: one method each, in a fresh process -------------------------------------
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set since the start or the last reset (Linux: KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rss_now_mb() -> float:
+    """What this process holds now."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return peak_rss_mb()
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def start_measuring() -> tuple[float, bool]:
+    """RSS now, and whether the peak was reset to it (so the peak is the method's)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        reset = True
+    except OSError:
+        reset = False
+    return rss_now_mb(), reset
+
+
+def run_evidently(args: argparse.Namespace) -> dict[str, Any]:
+    started = time.perf_counter()
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataDriftPreset
+
+    from pipeline.drift import per_column_verdicts, reported_drift, reported_share
+
+    imported = time.perf_counter() - started
+    numeric, categorical = column_names(args.cols)
+    reference = make_frame(args.reference_rows, args.cols, args.seed, current=False)
+    current = make_frame(args.rows, args.cols, args.seed, current=True)
+    before, reset = start_measuring()
+    started = time.perf_counter()
+    definition = DataDefinition(
+        numerical_columns=numeric,
+        categorical_columns=categorical,
+        text_columns=[],
+        datetime_columns=[],
+        unknown_columns=[],
+        list_columns=[],
+    )
+    snapshot = Report([DataDriftPreset()], include_tests=True).run(
+        current_data=Dataset.from_pandas(current, data_definition=definition),
+        reference_data=Dataset.from_pandas(reference, data_definition=definition),
+    )
+    wall = time.perf_counter() - started
+    reported = reported_drift(snapshot)
+    return {
+        "import_s": imported,
+        "wall_s": wall,
+        "rss_before_mb": before,
+        "peak_reset": reset,
+        "peak_rss_mb": peak_rss_mb(),
+        "verdicts": per_column_verdicts(snapshot),
+        "methods": {column: drift.method for column, drift in reported.items()},
+        "statistics": {column: drift.statistic for column, drift in reported.items()},
+        "share": reported_share(snapshot),
+    }
+
+
+def run_profile(args: argparse.Namespace) -> dict[str, Any]:
+    started = time.perf_counter()
+    from pipeline.drift import build_profile, write_profile
+
+    imported = time.perf_counter() - started
+    numeric, categorical = column_names(args.cols)
+    reference = make_frame(args.reference_rows, args.cols, args.seed, current=False)
+    before, reset = start_measuring()
+    started = time.perf_counter()
+    profile = build_profile(reference, numeric, categorical)
+    built = time.perf_counter() - started
+    write_profile(profile, args.profile_dir)
+    wall = time.perf_counter() - started
+    size = sum(path.stat().st_size for path in args.profile_dir.iterdir())
+    return {
+        "import_s": imported,
+        "wall_s": wall,
+        "build_s": built,
+        "rss_before_mb": before,
+        "peak_reset": reset,
+        "peak_rss_mb": peak_rss_mb(),
+        "profile_mb": size / 2**20,
+    }
+
+
+def run_check(args: argparse.Namespace) -> dict[str, Any]:
+    started = time.perf_counter()
+    # pipeline.drift imports these on first use: they count as imports here.
+    import scipy.spatial.distance
+    import scipy.stats  # noqa: F401
+
+    from pipeline.drift import check_drift, read_profile
+
+    imported = time.perf_counter() - started
+    current = make_frame(args.rows, args.cols, args.seed, current=True)
+    before, reset = start_measuring()
+    started = time.perf_counter()
+    profile = read_profile(args.profile_dir)
+    loaded = time.perf_counter()
+    result = check_drift(profile, current, drift_share=0.5)
+    done = time.perf_counter()
+    return {
+        "import_s": imported,
+        "wall_s": done - started,
+        "read_s": loaded - started,
+        "check_s": done - loaded,
+        "rss_before_mb": before,
+        "peak_reset": reset,
+        "peak_rss_mb": peak_rss_mb(),
+        "verdicts": result.verdicts,
+        "methods": {column.column: column.method for column in result.columns},
+        "statistics": {column.column: column.statistic for column in result.columns},
+        "share": result.share,
+        "evidently_loaded": "evidently" in sys.modules,
+    }
+
+
+WORKERS = {"evidently": run_evidently, "profile": run_profile, "check": run_check}
+
+
+def spawn(worker: str, args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
+    """Run one worker in a fresh interpreter; its figures from the JSON it writes."""
+    out = scratch / f"{worker}.json"
+    argv = [
+        sys.executable,
+        "-m",
+        "bench.drift",
+        "--rows",
+        str(args.rows),
+        "--cols",
+        str(args.cols),
+        "--reference-rows",
+        str(args.reference_rows),
+        "--seed",
+        str(args.seed),
+        "--worker",
+        worker,
+        "--profile-dir",
+        str(scratch / "drift_profile"),
+        "--out",
+        str(out),
+    ]
+    done = subprocess.run(
+        argv, cwd=REPO, env={**os.environ, **QUIET}, capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        sys.exit(f"the {worker} run failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    return json.loads(out.read_text())
+
+
+# --- the report ---------------------------------------------------------------------------
+
+
+def print_figures(args: argparse.Namespace, figures: dict[str, dict[str, Any]], load: float):
+    numeric, categorical = column_names(args.cols)
+    evidently, profile, check = figures["evidently"], figures["profile"], figures["check"]
+    print(
+        f"Drift check vs Evidently DataDriftPreset: reference {args.reference_rows:,} rows, "
+        f"current {args.rows:,} rows, {args.cols} columns ({len(numeric)} numeric, "
+        f"{len(categorical)} categorical), seed {args.seed}"
+    )
+    print(
+        f"Python {platform.python_version()}, {os.cpu_count()} CPUs, "
+        f"load average {load:.2f} at the start; each method in a fresh process"
+    )
+    if load >= 1:
+        print(f"warning: the machine was busy (load {load:.2f}): the figures may be inflated")
+    if not all(entry["peak_reset"] for entry in figures.values()):
+        print("note: the peak RSS could not be reset: it covers building the frames too")
+    print()
+    header = (
+        f"{'method':<40} {'wall s':>8} {'import s':>9} {'RSS before MB':>14} {'peak RSS MB':>12}"
+    )
+    print(header)
+    print("-" * len(header))
+    rows = [
+        ("Evidently DataDriftPreset (Report.run)", evidently),
+        ("profile: build + write (once, at split)", profile),
+        ("check: read profile + check_drift", check),
+    ]
+    for label, entry in rows:
+        print(
+            f"{label:<40} {entry['wall_s']:>8.2f} {entry['import_s']:>9.2f}"
+            f" {entry['rss_before_mb']:>14.0f} {entry['peak_rss_mb']:>12.0f}"
+        )
+    print(f"{'  of which build_profile':<40} {profile['build_s']:>8.2f}")
+    print(f"{'  of which read_profile':<40} {check['read_s']:>8.2f}")
+    print(f"{'  of which check_drift':<40} {check['check_s']:>8.2f}")
+    print()
+    print(f"profile on disk: {profile['profile_mb']:.1f} MB")
+    print(f"evidently imported by the check: {'yes' if check['evidently_loaded'] else 'no'}")
+    once = profile["wall_s"] + check["wall_s"]
+    print(f"speed-up, Evidently / check:             {evidently['wall_s'] / check['wall_s']:6.1f}x")
+    print(f"speed-up, Evidently / (profile + check): {evidently['wall_s'] / once:6.1f}x")
+    print()
+    ours, theirs = check["verdicts"], evidently["verdicts"]
+    print(
+        f"{'column':<8} {'method':<14} {'check_drift':>14} {'Evidently':>14}  drifted (ours/theirs)"
+    )
+    for column in ours:
+        method = check["methods"][column]
+        if evidently["methods"].get(column) != method:
+            method += f"/{evidently['methods'].get(column)}"
+        print(
+            f"{column:<8} {method:<14} {check['statistics'][column]:>14.6g}"
+            f" {evidently['statistics'].get(column, float('nan')):>14.6g}"
+            f"  {ours[column]!s:>5} / {theirs.get(column)!s}"
+        )
+    differ = sorted(
+        column for column in set(ours) | set(theirs) if ours.get(column) != theirs.get(column)
+    )
+    print()
+    print(
+        f"verdicts: {len(ours)} columns; drifted: check_drift {sum(ours.values())}, "
+        f"Evidently {sum(theirs.values())}; share {check['share']:.3f} vs {evidently['share']:.3f}"
+    )
+    print(f"disagreements: {len(differ)}{': ' + ', '.join(differ) if differ else ''}")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.drift",
+        description="Time Driftline's drift check against Evidently's DataDriftPreset.",
+    )
+    parser.add_argument("--rows", type=int, default=100_000, help="current window rows")
+    parser.add_argument("--cols", type=int, default=20, help="feature columns")
+    parser.add_argument(
+        "--reference-rows", type=int, default=None, help="reference rows (default: --rows)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic frames")
+    parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    parser.add_argument("--profile-dir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.reference_rows is None:
+        args.reference_rows = args.rows
+    if args.rows < 1 or args.cols < 1 or args.reference_rows < 1:
+        parser.error("--rows, --cols and --reference-rows must be at least 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.worker:
+        figures = WORKERS[args.worker](args)
+        args.out.write_text(json.dumps(figures))
+        return
+    load = os.getloadavg()[0]
+    scratch = Path(tempfile.mkdtemp(prefix="driftline-bench-drift-"))
+    try:
+        figures = {worker: spawn(worker, args, scratch) for worker in ("profile", "check")}
+        figures["evidently"] = spawn("evidently", args, scratch)
+        print_figures(args, figures, load)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
