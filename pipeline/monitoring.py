@@ -26,7 +26,13 @@ import pandas as pd
 from pipeline.errors import DataError
 from pipeline.features import category_value
 from pipeline.metrics import HIGHER_IS_BETTER, classification_metrics, regression_metrics
-from pipeline.prediction_log import FEATURE_PREFIX, is_sql_url, join_labels, read_predictions
+from pipeline.prediction_log import (
+    CONTEXT_PREFIX,
+    FEATURE_PREFIX,
+    is_sql_url,
+    join_labels,
+    read_predictions,
+)
 
 if TYPE_CHECKING:
     from pipeline.config import MonitorConfig
@@ -218,3 +224,51 @@ def decide(drift: DriftResult, quality: QualityCheck, config: MonitorConfig) -> 
         drifted_columns=drifted,
         quality=quality.to_dict(),
     )
+
+
+def production_batch(
+    window: Window, source: pd.DataFrame, target: str, required: list[str]
+) -> pd.DataFrame:
+    """The window's labelled rows as a landing batch for `ingest`: the columns (and
+    dtypes) of the `source` data set, the label as the target, features and context
+    columns (key, time) from the log. Columns the log cannot supply (leaky columns the
+    schema drops, say) are left empty; a `required` column it lacks is an error."""
+    labelled = window.frame[window.frame[LABEL].notna()]
+    columns: dict[str, pd.Series] = {}
+    for column in source.columns:
+        if column == target:
+            values = labelled[LABEL]
+        elif column in labelled.columns:
+            values = labelled[column]
+        elif CONTEXT_PREFIX + column in labelled.columns:
+            values = labelled[CONTEXT_PREFIX + column]
+        else:
+            values = pd.Series(None, index=labelled.index, dtype=object)
+        columns[column] = _like(values, source[column])
+    batch = pd.DataFrame(columns, index=labelled.index).reset_index(drop=True)
+    for column in required:
+        if column in batch and batch[column].isna().any():
+            raise DataError(
+                f"{int(batch[column].isna().sum())} labelled production row(s) have no "
+                f"{column!r}: send it with each request (an optional field of /predict) so "
+                "that labelled traffic can become training data"
+            )
+    return batch
+
+
+def _like(values: pd.Series, example: pd.Series) -> pd.Series:
+    """`values` (as the log holds them: floats and text) in the dtype of `example`."""
+    dtype = example.dtype
+    if pd.api.types.is_datetime64_any_dtype(dtype):
+        parsed = pd.to_datetime(values, errors="coerce", utc=getattr(dtype, "tz", None) is not None)
+        return parsed.astype(dtype)
+    if pd.api.types.is_bool_dtype(dtype):
+        return values.map(lambda v: None if v is None or v != v else str(v) == "True")
+    if pd.api.types.is_numeric_dtype(dtype):
+        numbers = pd.to_numeric(values, errors="coerce")
+        if pd.api.types.is_integer_dtype(dtype) and numbers.notna().all():
+            whole = numbers.round()
+            if (whole == numbers).all():
+                return whole.astype(dtype)
+        return numbers.astype("float64")
+    return values.map(lambda v: None if v is None or v != v else category_value(v)).astype(object)

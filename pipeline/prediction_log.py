@@ -35,6 +35,7 @@ from pipeline.errors import DataError, SourceError
 logger = logging.getLogger(__name__)
 
 FEATURE_PREFIX = "feature."
+CONTEXT_PREFIX = "context."  # key and time columns sent along, as text
 BASE_COLUMNS = (
     "request_id",
     "timestamp",
@@ -67,6 +68,8 @@ def log_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
         }
         for name, value in row.get("inputs", {}).items():
             record[FEATURE_PREFIX + name] = value
+        for name, value in (row.get("context") or {}).items():
+            record[CONTEXT_PREFIX + name] = None if value is None else str(value)
         records.append(record)
     frame = pd.DataFrame.from_records(records)
     frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True)

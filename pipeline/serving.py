@@ -68,6 +68,12 @@ class ServedModel:
     def features(self) -> FeatureSpec:
         return self.model.features
 
+    @property
+    def context(self) -> tuple[str, ...]:
+        """The non-feature columns a request may carry for the log (key, time)."""
+        columns = self.features.columns
+        return tuple(c for c in self.meta.get("context") or () if c not in columns)
+
     def runtime(self, rows: int) -> "OnnxModel | TabularModel":
         """The faster runtime for a batch of `rows`, as compress measured it."""
         if self.native is not None and self.native_from_rows and rows >= self.native_from_rows:
@@ -75,14 +81,20 @@ class ServedModel:
         return self.model
 
 
-def record_model(features: FeatureSpec) -> type[BaseModel]:
+def record_model(features: FeatureSpec, context: tuple[str, ...] = ()) -> type[BaseModel]:
     """The pydantic model of one request record. Field names are positional and the
-    feature names are aliases, so a feature may be called anything (`json`, `1st`)."""
+    feature names are aliases, so a feature may be called anything (`json`, `1st`).
+
+    `context` names the data set's columns that are not features but that a labelled
+    production row needs to become training data again (its key and time): optional,
+    logged, never scored."""
     fields: dict[str, Any] = {}
     for position, name in enumerate(features.numeric):
         fields[f"numeric_{position}"] = (float | None, Field(alias=name))
     for position, name in enumerate(features.categorical):
         fields[f"categorical_{position}"] = (CategoryInput, Field(alias=name))
+    for position, name in enumerate(c for c in context if c not in features.columns):
+        fields[f"context_{position}"] = (CategoryInput, Field(default=None, alias=name))
     if REQUEST_ID not in features.columns:
         fields["request_id"] = (str | int | None, Field(default=None, alias=REQUEST_ID))
     return create_model(  # type: ignore[call-overload, no-any-return]
@@ -117,7 +129,8 @@ def load_served_model(folder: Path, version: str, native: Path | None = None) ->
         # (bench.serve: 301 against 208 req/s at 16 clients on 2 cores).
         intra_op_num_threads=1,
     )
-    record = record_model(features)
+    context = tuple(meta.get("context") or ())
+    record = record_model(features, context)
     native_from_rows = (meta.get("serving") or {}).get("native_from_rows")
     native_model = None
     if native is not None and native_from_rows:
@@ -262,6 +275,7 @@ def score_records(served: ServedModel, records: list[BaseModel]) -> Scored:
                 "timestamp": timestamp,
                 "model_version": served.version,
                 "inputs": logged_inputs(rows[position], served.features),
+                "context": {name: rows[position][name] for name in served.context},
                 "prediction": item["prediction"],
                 "probabilities": item.get("probabilities"),
             }

@@ -255,6 +255,12 @@ def compress(
     )
 
 
+def context_columns(spec: DatasetSpec, features: tuple[str, ...]) -> list[str]:
+    """The key, id and time columns of the data set that are not features."""
+    named = [*spec.key_columns, *spec.schema.id, spec.time_column]
+    return list(dict.fromkeys(c for c in named if c and c not in features and c != spec.target))
+
+
 def folder_size(directory: Path) -> int:
     return sum(path.stat().st_size for path in Path(directory).rglob("*") if path.is_file())
 
@@ -294,6 +300,9 @@ def main(
             **candidate.describe(),
             "onnx": {"file": ONNX_FILE, "quantized": result.quantized, "metric": metric},
             "serving": result.serving(),
+            # Columns a request may carry for the log, so that a labelled production
+            # row can become a training row again (`driftline` retraining on drift).
+            "context": context_columns(spec, candidate.features.columns),
         }
         (staged / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     summary = result.report()

@@ -61,6 +61,7 @@ def test_compress_exports_checks_and_measures(
     meta = json.loads((folder / "model.json").read_text())
     assert meta["onnx"]["quantized"] == report["quantized"]
     assert meta["features"] == native.features.to_dict()
+    assert meta["context"] == ["instant", "dteday"]  # the key and time a request may carry
 
     # Serving's runtimes timed side by side on growing batches, up to latency_rows.
     serving = report["serving"]

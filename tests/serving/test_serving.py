@@ -344,3 +344,33 @@ def test_every_prediction_reaches_the_log(binary: ServedModel, tmp_path: Path) -
     assert pd.isna(logged.loc[3, "feature.x"])
     assert json.loads(logged.loc[0, "probabilities"]) == answers[0]["probabilities"]
     assert logged["timestamp"].dt.tz is not None
+
+
+def test_key_and_time_may_ride_along_for_the_log(folders: dict[str, Path], tmp_path: Path) -> None:
+    """Context columns (compress lists the data set's key and time) are optional, never
+    scored, and logged, so that labelled traffic can become training rows again."""
+    base = load_served_model(folders["binary"], "1")
+    served = load_served_model_with_context(folders["binary"], tmp_path, ["instant", "dteday"])
+    log = PredictionLog.parquet(tmp_path / "log", flush_seconds=60)
+    client = TestClient(create_app(fixed(served), log=log))
+    with_context = {**rows(1)[0], "instant": 17380, "dteday": "2012-06-01"}
+    plain = rows(2)[1]
+    response = client.post("/predict", json={"records": [with_context, plain]})
+    assert response.status_code == 200
+    expected = base.model.predict(pd.DataFrame([rows(1)[0], plain]))
+    assert [p["prediction"] for p in response.json()["predictions"]] == list(expected)
+    extra = client.post("/predict", json={**plain, "weather": "sunny"})
+    assert extra.status_code == 422 and extra.json()["detail"][0]["loc"] == ["body", "weather"]
+    log.close()
+    logged = read_predictions(tmp_path / "log")
+    assert logged["context.instant"].tolist() == ["17380", None]
+    assert logged["context.dteday"].tolist() == ["2012-06-01", None]
+
+
+def load_served_model_with_context(folder: Path, tmp_path: Path, context: list[str]) -> ServedModel:
+    copy = tmp_path / "with-context"
+    copy.mkdir()
+    (copy / "model.onnx").write_bytes((folder / "model.onnx").read_bytes())
+    meta = json.loads((folder / "model.json").read_text())
+    (copy / "model.json").write_text(json.dumps({**meta, "context": context}))
+    return load_served_model(copy, "1")

@@ -1,0 +1,106 @@
+"""The guards on drift-triggered retraining: window size, duplicates, one at a time,
+cooldown; and a labelled production window becoming a landing batch."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipeline.errors import DataError
+from pipeline.monitoring import Window, production_batch
+from pipeline.retraining import RetrainingLedger
+
+NOW = datetime(2026, 11, 21, 12, tzinfo=UTC)
+COOLDOWN = timedelta(hours=6)
+
+
+def claim(ledger: RetrainingLedger, fingerprint: str, at: datetime, rows: int = 1000):
+    return ledger.claim(fingerprint, rows, min_rows=500, cooldown=COOLDOWN, now=at)
+
+
+def test_a_small_window_never_retrains(tmp_path: Path) -> None:
+    ledger = RetrainingLedger(tmp_path / "retrainings.jsonl")
+    refused = claim(ledger, "w1", NOW, rows=499)
+    assert not refused.allowed and "fewer than 500" in refused.reason
+    assert ledger.entries()[-1]["status"] == "refused"
+
+
+def test_ten_alerts_for_one_window_start_one_retraining(tmp_path: Path) -> None:
+    ledger = RetrainingLedger(tmp_path / "retrainings.jsonl")
+    results = []
+
+    def alert() -> None:
+        results.append(claim(ledger, "w1", NOW))
+
+    threads = [threading.Thread(target=alert) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(result.allowed for result in results) == 1
+    # After it finished, a late duplicate is still refused.
+    ledger.finish("w1", True, {"champion": "2"})
+    late = claim(ledger, "w1", NOW + timedelta(days=2))
+    assert not late.allowed and "duplicate alert" in late.reason
+
+
+def test_one_at_a_time_then_a_cooldown(tmp_path: Path) -> None:
+    ledger = RetrainingLedger(tmp_path / "retrainings.jsonl")
+    assert claim(ledger, "w1", NOW).allowed
+    running = claim(ledger, "w2", NOW + timedelta(minutes=5))
+    assert not running.allowed and "still running" in running.reason
+    ledger.finish("w1", True, {})
+    cooling = claim(ledger, "w2", NOW + timedelta(hours=1))
+    assert not cooling.allowed and cooling.reason.startswith("cooldown")
+    assert claim(ledger, "w2", NOW + timedelta(hours=7)).allowed
+
+
+def test_a_failed_retraining_may_be_tried_again(tmp_path: Path) -> None:
+    ledger = RetrainingLedger(tmp_path / "retrainings.jsonl")
+    assert claim(ledger, "w1", NOW).allowed
+    ledger.finish("w1", False, {"error": "tune failed"})
+    assert claim(ledger, "w1", NOW + timedelta(minutes=1)).allowed
+
+
+def window_of(frame: pd.DataFrame) -> Window:
+    return Window(frame=frame, start=NOW - timedelta(days=7), end=NOW)
+
+
+def test_labelled_traffic_becomes_a_landing_batch_shaped_like_the_source() -> None:
+    source = pd.DataFrame(
+        {
+            "instant": pd.Series([1], dtype="int64"),
+            "dteday": ["2011-01-01"],
+            "season": pd.Series([1], dtype="int64"),
+            "temp": [0.2],
+            "casual": pd.Series([3], dtype="int64"),
+            "cnt": pd.Series([16], dtype="int64"),
+        }
+    )
+    logged = pd.DataFrame(
+        {
+            "request_id": ["a", "b", "c"],
+            "context.instant": ["17380", "17381", "17382"],
+            "context.dteday": ["2012-06-01", "2012-06-01", "2012-06-02"],
+            "season": ["2", "2", None],
+            "temp": [0.5, None, 0.7],
+            "label": [120, None, 80],
+        }
+    )
+    batch = production_batch(window_of(logged), source, "cnt", ["instant", "dteday"])
+    assert list(batch.columns) == list(source.columns)
+    assert batch["instant"].tolist() == [17380, 17382] and batch["instant"].dtype == "int64"
+    assert batch["dteday"].tolist() == ["2012-06-01", "2012-06-02"]
+    assert batch["season"].iloc[0] == 2 and pd.isna(batch["season"].iloc[1])
+    assert batch["cnt"].tolist() == [120, 80] and batch["casual"].isna().all()
+
+
+def test_traffic_without_its_key_cannot_become_training_data() -> None:
+    source = pd.DataFrame({"instant": [1], "dteday": ["2011-01-01"], "cnt": [16]})
+    logged = pd.DataFrame({"request_id": ["a"], "label": [5], "context.dteday": ["2012-01-01"]})
+    with pytest.raises(DataError, match="have no 'instant': send it with each request"):
+        production_batch(window_of(logged), source, "cnt", ["instant", "dteday"])
