@@ -26,7 +26,9 @@ def warn(message: str) -> None:
 def report_user_errors(command: Callable[P, R]) -> Callable[P, R]:
     """Turn errors a user can cause into one line on stderr and a non-zero exit.
 
-    Anything else is a bug in Driftline and keeps its traceback.
+    The exit code is the error's `exit_code`: 75 for a `TransientError` (worth a
+    retry: the training flow retries on it), 2 for a bad param, 1 for the rest.
+    Anything else is a bug in Driftline and keeps its traceback (exit 1, not retried).
     """
 
     @functools.wraps(command)

@@ -1,4 +1,10 @@
-"""Errors a user can cause. The CLI prints them in one line and exits non-zero."""
+"""Errors a user can cause. The CLI prints them in one line and exits non-zero.
+
+The exit code tells an orchestrator what to do next: 75 (`EX_TEMPFAIL`, a
+`TransientError`) means "try again later, nothing is wrong with the data or the code";
+any other non-zero code (1, or 2 for a bad param) means a retry would fail the same
+way. The training flow retries a stage only on 75.
+"""
 
 
 class DriftlineError(Exception):
@@ -11,6 +17,16 @@ class ConfigError(DriftlineError):
     """params.yaml is missing, unreadable or holds a bad value."""
 
     exit_code = 2
+
+
+class TransientError(DriftlineError):
+    """A failure that may pass on its own: I/O that timed out, a server briefly down.
+
+    Raise it (or a subclass) only where a retry can succeed with nothing changed; its
+    exit code, 75, is the signal the training flow retries on.
+    """
+
+    exit_code = 75
 
 
 class SourceError(DriftlineError):

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from pipeline.config import MlflowConfig
-from pipeline.errors import DriftlineError
+from pipeline.errors import DriftlineError, TransientError
 
 if TYPE_CHECKING:
     from pipeline.models import TabularModel
@@ -31,6 +31,10 @@ DVC_LOCK = Path("dvc.lock")
 
 class TrackingError(DriftlineError):
     """The MLflow tracking store cannot be reached or used."""
+
+
+class TrackingUnavailable(TrackingError, TransientError):
+    """The tracking server is down or the store is busy: worth a retry (exit 75)."""
 
 
 def tracking_uri(config: MlflowConfig) -> str:
@@ -76,9 +80,19 @@ def tracking_errors(config: MlflowConfig) -> Iterator[None]:
     try:
         yield
     except (MlflowException, SQLAlchemyError) as exc:
-        raise TrackingError(
+        error = TrackingUnavailable if _unavailable(exc) else TrackingError
+        raise error(
             f"MLflow store {tracking_uri(config)} failed while logging: {_first_line(exc)}"
         ) from None
+
+
+def _unavailable(exc: BaseException) -> bool:
+    """A store that is busy or a server that does not answer, rather than a bad request."""
+    text = str(exc).lower()
+    return any(
+        sign in text
+        for sign in ("database is locked", "connection refused", "max retries", "timed out")
+    )
 
 
 def require_run(config: MlflowConfig, run_id: str, stage: str) -> None:
@@ -102,7 +116,7 @@ def _check_server(uri: str) -> None:
             response.read()
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise TrackingError(
+        raise TrackingUnavailable(
             f"MLflow server {uri} is not reachable ({reason}): start it, or unset "
             "MLFLOW_TRACKING_URI to use the local store"
         ) from None
