@@ -1,0 +1,256 @@
+"""The monitoring flow: the newest window of production traffic against the reference.
+
+It reads `monitor.window_hours` of the prediction log with the labels that have
+arrived, and compares the window with `data/reference` (saved at `split`):
+
+- **the decision** comes from the fast drift check (`pipeline.drift.check_drift`, over
+  the profile `split` precomputed) and, once enough labels are in, the champion's
+  primary metric on the labelled rows against its test score (`pipeline.monitoring`);
+- **the report** is Evidently's `DataDriftPreset` plus prediction drift, saved as HTML
+  and JSON to `reports/monitoring/<time>/`, logged to an MLflow run, and added to the
+  Evidently workspace (`evidently ui --workspace evidently` shows the history).
+
+The decision and its numbers are recorded whichever way it goes (`decision.json`, and a
+line in `reports/monitoring/decisions.jsonl`). On drift the flow emits the Prefect event
+`driftline.drift.detected`, whose payload names the report, the window and its
+fingerprint; the retraining deployment has a trigger on it (flows/deployments.py).
+
+    python -m flows.monitoring          # one check, against PREFECT_API_URL or an ephemeral API
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+DRIFT_EVENT = "driftline.drift.detected"
+REFERENCE = "data/reference/reference.parquet"
+PROFILE = "data/reference/drift_profile"
+PREDICTION = "prediction"
+
+_TASK = {"cache_policy": NO_CACHE, "persist_result": False}
+
+
+@task(name="read window", **_TASK)
+def read_window(log: str, hours: float, now: datetime) -> Any:
+    from pipeline.monitoring import read_window as read
+
+    return read(log, hours, now)
+
+
+@task(name="load champion", **_TASK)
+def load_champion(params: Any) -> Any:
+    """The model the window was served by: the registry's champion, as serving loads it."""
+    import tempfile
+
+    from pipeline.served_champion import champion_source
+    from pipeline.tracking import start_tracking
+
+    start_tracking(params.mlflow)
+    return champion_source(params.mlflow, Path(tempfile.mkdtemp(prefix="driftline-monitor-")))()
+
+
+@task(name="fast drift check", **_TASK)
+def fast_check(root: Path, window: Any, drift_share: float) -> Any:
+    from pipeline.drift import check_drift, read_profile
+
+    profile = read_profile(root / PROFILE)
+    return check_drift(profile, window.features(profile.names), drift_share)
+
+
+@task(name="quality check", **_TASK)
+def quality(window: Any, champion: Any, min_labelled: int) -> Any:
+    from pipeline.monitoring import quality_check
+
+    meta = champion.meta
+    metric = (meta.get("onnx") or {}).get("metric") or "rmse"
+    reference = (meta.get("metrics") or {}).get(metric)
+    return quality_check(
+        window, meta["task"], metric, list(meta["classes"]), reference, min_labelled
+    )
+
+
+@task(name="Evidently report", **_TASK)
+def evidently_report(
+    root: Path, folder: Path, window: Any, champion: Any, drift_share: float, workspace: str
+) -> dict[str, str]:
+    """The report for people: HTML and JSON in `folder`, and a run in the workspace."""
+    import pandas as pd
+
+    from pipeline.drift import evidently_report as build
+    from pipeline.drift import read_profile
+
+    profile = read_profile(root / PROFILE)
+    reference = pd.read_parquet(root / REFERENCE)
+    predicted = champion.model.predict(reference)
+    reference = reference.assign(**{PREDICTION: predicted})
+    current = window.features(profile.names).assign(**{PREDICTION: _window_predictions(window)})
+    snapshot = build(
+        reference,
+        current,
+        profile.numeric,
+        profile.categorical,
+        prediction=PREDICTION,
+        drift_share=drift_share,
+    )
+    html, data = folder / "report.html", folder / "report.json"
+    snapshot.save_html(str(html))
+    snapshot.save_json(str(data))
+    _add_to_workspace(root / workspace, snapshot)
+    return {"html": str(html), "json": str(data)}
+
+
+def _window_predictions(window: Any) -> Any:
+    frame = window.frame
+    numeric = frame["prediction_value"]
+    return numeric if numeric.notna().all() else frame["prediction"]
+
+
+def _add_to_workspace(path: Path, snapshot: Any) -> None:
+    from evidently.ui.workspace import Workspace
+
+    workspace = Workspace.create(str(path))
+    found = workspace.search_project("driftline")
+    project = found[0] if found else workspace.create_project("driftline")
+    workspace.add_run(project.id, snapshot)
+
+
+@task(name="log to MLflow", **_TASK)
+def log_run(params: Any, record: dict[str, Any], folder: Path) -> str:
+    import mlflow
+
+    from pipeline.tracking import start_tracking, tracking_errors
+
+    config = params.mlflow
+    monitoring = config.model_copy(update={"experiment": f"{config.experiment}-monitoring"})
+    experiment = start_tracking(monitoring)  # its artifacts go where the training runs' go
+    with (
+        tracking_errors(config),
+        mlflow.start_run(
+            experiment_id=experiment, run_name=f"monitor {record['window']['end']}"
+        ) as run,
+    ):
+        mlflow.set_tags({"driftline.drift": str(record["drift"]).lower()})
+        mlflow.log_metrics(_figures(record))
+        mlflow.log_artifacts(str(folder), artifact_path="monitoring")
+        return str(run.info.run_id)
+
+
+def _figures(record: dict[str, Any]) -> dict[str, float]:
+    figures = {
+        "window_rows": float(record["window"]["rows"]),
+        "labelled_rows": float(record["window"]["labelled"]),
+        "drift": float(record["drift"]),
+    }
+    if record.get("drift_share") is not None:
+        figures["share_of_drifted_columns"] = float(record["drift_share"])
+    quality = record.get("quality") or {}
+    if quality.get("judged"):
+        figures["quality_current"] = float(quality["current"])
+        figures["quality_drop"] = float(quality["drop"])
+    return figures
+
+
+def write_record(folder: Path, log: Path, record: dict[str, Any]) -> None:
+    from pipeline.artifacts import write_json_atomic
+
+    write_json_atomic(folder / "decision.json", record)
+    with log.open("a", encoding="utf-8") as out:
+        out.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+@flow(name="monitoring", flow_run_name="monitoring-{now}")
+def monitoring_flow(
+    project: str = ".",
+    params_file: str = "params.yaml",
+    now: str | None = None,
+    window_hours: float | None = None,
+) -> dict[str, Any]:
+    """Check the newest window for drift; record the decision; emit the event on drift.
+
+    `now` (ISO 8601) ends the window, by default the current time; `window_hours`
+    overrides `monitor.window_hours` for this run (a backfill, a test).
+    """
+    root = Path(project).resolve()
+    # Relative paths in params (the MLflow store, the log, the reports) are the project's.
+    with contextlib.chdir(root):
+        return _monitor(root, params_file, now, window_hours)
+
+
+def _monitor(
+    root: Path, params_file: str, now: str | None, window_hours: float | None
+) -> dict[str, Any]:
+    from pipeline.config import load_params
+
+    params = load_params(root / params_file)
+    config = params.monitor
+    end = datetime.fromisoformat(now) if now else datetime.now(UTC)
+    end = end if end.tzinfo else end.replace(tzinfo=UTC)
+    log = config.prediction_log
+    location = log if "://" in log else str(root / log)
+    window = read_window(location, window_hours or config.window_hours, end)
+    reports = root / config.reports
+    folder = reports / end.strftime("%Y%m%dT%H%M%SZ")
+    folder.mkdir(parents=True, exist_ok=True)
+    record: dict[str, Any] = {
+        "time": datetime.now(UTC).isoformat(),
+        "window": window.describe(),
+        "report": str(folder),
+    }
+    if window.rows < config.min_window_rows:
+        record.update(
+            drift=False,
+            drift_share=None,
+            reasons=[
+                f"the window holds {window.rows} rows, fewer than monitor.min_window_rows "
+                f"({config.min_window_rows}): nothing decided"
+            ],
+        )
+        write_record(folder, reports / "decisions.jsonl", record)
+        get_run_logger().info(record["reasons"][0])
+        return record
+
+    from pipeline.monitoring import decide
+
+    champion = load_champion(params)
+    drift = fast_check(root, window, config.drift_share)
+    checked = quality(window, champion, config.min_labelled_rows)
+    decision = decide(drift, checked, config)
+    record.update(decision.to_dict())
+    record.update(model_version=champion.version, columns=drift.to_dict()["columns"])
+    record["files"] = evidently_report(
+        root, folder, window, champion, config.drift_share, config.evidently_workspace
+    )
+    write_record(folder, reports / "decisions.jsonl", record)
+    record["mlflow_run"] = log_run(params, record, folder)
+    logger = get_run_logger()
+    for reason in decision.reasons:
+        logger.info(reason)
+    if decision.drift:
+        from prefect.events import emit_event
+
+        fingerprint = window.fingerprint
+        emit_event(
+            event=DRIFT_EVENT,
+            resource={"prefect.resource.id": f"driftline.window.{fingerprint}"},
+            payload={
+                "fingerprint": fingerprint,
+                "window": window.describe(),
+                "drift_share": decision.drift_share,
+                "reasons": decision.reasons,
+                "report": str(folder),
+                "project": str(root),
+            },
+        )
+        logger.info("emitted %s for window %s", DRIFT_EVENT, fingerprint)
+    return record
+
+
+if __name__ == "__main__":
+    monitoring_flow()

@@ -1,0 +1,143 @@
+"""The flow the `training` deployment runs: by hand, on its schedule, or on a drift alert.
+
+Without a `fingerprint` it is one run of the training flow. With one (the drift
+trigger fills it from the `driftline.drift.detected` event), the guards in
+`pipeline.retraining` decide first, under a file lock, and write the decision down:
+the window must be big enough, it must not have been retrained already (ten alerts
+for one window start one retraining), no other retraining may be running, and the
+last one must be at least `monitor.cooldown_minutes` old. An allowed retraining puts
+the window's labelled production rows into the landing folder as a batch, so that
+`ingest` adds them, then runs the training flow with `trigger: drift`; deploy writes
+that trigger into the promotion record, and a server polling the registry picks up a
+new champion.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from flows.training import training_flow
+
+_TASK = {"cache_policy": NO_CACHE, "persist_result": False}
+
+
+@task(name="land production data", **_TASK)
+def land_production(
+    root: Path, params: Any, fingerprint: str, window_start: str, window_end: str
+) -> dict[str, Any]:
+    """Write the window's labelled rows to the landing folder; their count and path."""
+    import pandas as pd
+
+    from pipeline.artifacts import write_parquet_atomic
+    from pipeline.errors import DataError
+    from pipeline.monitoring import production_batch, read_window
+    from pipeline.schema import DatasetSpec
+
+    config = params.monitor
+    log = config.prediction_log
+    start, end = datetime.fromisoformat(window_start), datetime.fromisoformat(window_end)
+    hours = (end - start).total_seconds() / 3600
+    window = read_window(log if "://" in log else root / log, hours, end)
+    if window.fingerprint != fingerprint:
+        get_run_logger().warning(
+            "window %s now reads as %s (rows logged late); landing what is there now",
+            fingerprint,
+            window.fingerprint,
+        )
+    raw = root / "data" / "raw"
+    spec = DatasetSpec.read(raw / "schema.yaml")
+    source = pd.read_parquet(raw / "data.parquet").head(0)
+    required = [*spec.key_columns, *([spec.time_column] if spec.time_column else [])]
+    batch = production_batch(window, source, spec.target, required)
+    if batch.empty:
+        raise DataError(
+            f"window {fingerprint} has no labelled rows yet: nothing new to learn from "
+            "(send labels with `driftline label`)"
+        )
+    path = root / params.data.landing / f"production-{fingerprint}.parquet"
+    write_parquet_atomic(path, batch)
+    return {"rows": len(batch), "path": str(path)}
+
+
+@flow(name="retraining", flow_run_name="retraining-{trigger}")
+def retraining_flow(
+    project: str = ".",
+    trigger: Literal["manual", "schedule", "drift"] = "manual",
+    fingerprint: str | None = None,
+    rows: int = 0,
+    window_start: str | None = None,
+    window_end: str | None = None,
+    drift_share: float | None = None,
+    report: str | None = None,
+    params_file: str = "params.yaml",
+) -> dict[str, Any]:
+    """Run the training flow; on a drift alert, only if the guards allow it."""
+    root = Path(project).resolve()
+    with contextlib.chdir(root):
+        if fingerprint is None:
+            return {"retrained": True, "training": training_flow(str(root), trigger, params_file)}
+        window = (window_start, window_end)
+        return _on_drift(root, fingerprint, rows, window, drift_share, report, params_file)
+
+
+def _on_drift(
+    root: Path,
+    fingerprint: str,
+    rows: int,
+    window: tuple[str | None, str | None],
+    drift_share: float | None,
+    report: str | None,
+    params_file: str,
+) -> dict[str, Any]:
+    from prefect.runtime import flow_run
+
+    from pipeline.config import load_params
+    from pipeline.retraining import RetrainingLedger
+
+    logger = get_run_logger()
+    params = load_params(root / params_file)
+    config = params.monitor
+    ledger = RetrainingLedger(root / config.reports / "retrainings.jsonl")
+    claim = ledger.claim(
+        fingerprint,
+        rows,
+        min_rows=config.min_window_rows,
+        cooldown=timedelta(minutes=config.cooldown_minutes),
+        run=flow_run.get_id(),
+    )
+    outcome: dict[str, Any] = {
+        "fingerprint": fingerprint,
+        "drift_share": drift_share,
+        "report": report,
+        "reason": claim.reason,
+    }
+    if not claim.allowed:
+        logger.info("no retraining: %s", claim.reason)
+        return {**outcome, "retrained": False}
+    logger.info("retraining: %s", claim.reason)
+    try:
+        start, end = window
+        if start is None or end is None:
+            raise ValueError("a drift retraining needs the window's start and end")
+        landed = land_production(root, params, fingerprint, start, end)
+        summary = training_flow(str(root), "drift", params_file)
+    except BaseException as exc:
+        ledger.finish(fingerprint, False, {"error": str(exc).splitlines()[0][:500]})
+        raise
+    deploy = summary.get("deploy") or {}
+    ledger.finish(
+        fingerprint,
+        True,
+        {"action": deploy.get("action"), "champion": summary.get("champion")},
+    )
+    return {**outcome, "retrained": True, "landed": landed, "training": summary}
+
+
+if __name__ == "__main__":
+    retraining_flow()
