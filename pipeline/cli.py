@@ -174,3 +174,57 @@ def label(
 
 if __name__ == "__main__":
     app()
+
+
+@app.command("up")
+@report_user_errors
+def up(
+    port: Annotated[int, typer.Option(help="Port of the prediction API.")] = 8000,
+    prefect_port: Annotated[int, typer.Option(help="Port of the Prefect server and UI.")] = 4200,
+    poll: Annotated[float, typer.Option(help="Seconds between champion checks.")] = 5.0,
+    params: Annotated[Path, typer.Option(help="The params file.")] = DEFAULT_PARAMS,
+) -> None:
+    """Start the whole loop here: Prefect server, work pools, deployments, workers and
+    the prediction API. `driftline down` stops it."""
+    from pipeline import stack
+    from pipeline.registry import CHAMPION, alias_version
+
+    loaded = load_params(params)
+    root = Path.cwd()
+
+    def deploy(project: Path) -> dict:
+        from flows.deployments import deploy as deploy_flows
+
+        return deploy_flows(project, str(params))
+
+    def has_champion() -> bool:
+        from pipeline.tracking import start_tracking
+
+        start_tracking(loaded.mlflow)
+        return alias_version(loaded.mlflow, CHAMPION) is not None
+
+    started = stack.up(
+        root,
+        prefect_port=prefect_port,
+        serve_port=port,
+        poll=poll,
+        pools=[loaded.monitor.retrain_pool, loaded.monitor.monitor_pool],
+        deploy=deploy,
+        has_champion=has_champion,
+        say=say,
+    )
+    say(f"Prefect UI:      {started.prefect_api.removesuffix('/api')}")
+    say(f"prediction API:  {started.serving} (POST /predict, GET /model)")
+    say(f"MLflow UI:       mlflow ui --backend-store-uri {loaded.mlflow.tracking_uri}")
+    say(f"Evidently UI:    evidently ui --workspace {loaded.monitor.evidently_workspace}")
+    say(f"logs:            {stack.LOGS}/; stop everything with `driftline down`")
+
+
+@app.command("down")
+@report_user_errors
+def down() -> None:
+    """Stop everything `driftline up` started here."""
+    from pipeline import stack
+
+    stopped = stack.down(Path.cwd())
+    say(f"stopped: {', '.join(stopped) or 'nothing was running'}")
