@@ -307,3 +307,51 @@ def _now() -> str:
 
 def _hours_since(start: datetime) -> float:
     return (datetime.now(UTC) - start).total_seconds() / 3600 + 1 / 3600
+
+
+def test_up_starts_the_loop_and_down_stops_it(
+    loop_project: FlowProject, prefect_server: str
+) -> None:
+    """`driftline up` in a project with a champion: Prefect, pools, deployments, workers
+    and the API answer; `driftline down` stops exactly those processes."""
+    from flows.training import training_flow
+    from pipeline.stack import Stack, alive
+
+    root = loop_project.root
+    if loop_project.registry()[1] is None:  # run on its own, without the loop test
+        training_flow(str(root))
+    env = {**environment(loop_project, "unused"), "PREFECT_HOME": str(root / ".prefect")}
+    env.pop("PREFECT_API_URL")
+    driftline = str(Path(sys.executable).parent / "driftline")
+    port, prefect_port = free_port(), free_port()
+    started = subprocess.run(
+        [driftline, "up", "--port", str(port), "--prefect-port", str(prefect_port)],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    stack = Stack.load(root)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert f"Prefect UI:      http://127.0.0.1:{prefect_port}" in started.stdout
+        assert _health(f"http://127.0.0.1:{port}") == loop_project.registry()[1]
+        assert stack is not None
+        names = {process.name for process in stack.processes}
+        assert names == {"prefect-server", "worker-gpu", "worker-cpu", "serve"}
+        again = subprocess.run(
+            [driftline, "up", "--port", str(port)],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert again.returncode == 1 and "the stack is up already" in again.stderr
+    finally:
+        stopped = subprocess.run(
+            [driftline, "down"], cwd=root, env=env, capture_output=True, text=True, timeout=120
+        )
+    assert stopped.returncode == 0 and "serve" in stopped.stdout
+    assert not any(alive(process.pid) for process in stack.processes)
+    assert _health(f"http://127.0.0.1:{port}") is None

@@ -192,3 +192,28 @@ def test_real_process_prints_no_traceback(produced: Project) -> None:
     )
     assert completed.returncode == 1
     assert_one_clear_line(completed.stderr, "missing.parquet: no such file or folder")
+
+
+def test_the_local_stack_explains_what_is_wrong(tmp_path: Path) -> None:
+    """`driftline down` with nothing up, `up` on a port in use or with no champion: one
+    line each, exit 1, nothing started."""
+    import socket
+
+    from pipeline.stack import StackError, down, up
+
+    with pytest.raises(StackError, match=r"nothing to stop: no \.driftline/up\.json"):
+        down(tmp_path)
+    options = {
+        "poll": 1.0,
+        "pools": ["gpu"],
+        "deploy": lambda root: {},
+        "say": lambda line: None,
+    }
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        busy = taken.getsockname()[1]
+        with pytest.raises(StackError, match=f"port {busy} on 127.0.0.1 is in use: choose"):
+            up(tmp_path, prefect_port=busy, serve_port=1, has_champion=lambda: True, **options)
+    with pytest.raises(StackError, match="no champion yet: run `make run` first"):
+        up(tmp_path, prefect_port=0, serve_port=0, has_champion=lambda: False, **options)
+    assert not (tmp_path / ".driftline").exists()
