@@ -121,6 +121,7 @@ def _on_drift(
         logger.info("no retraining: %s", claim.reason)
         return {**outcome, "retrained": False}
     logger.info("retraining: %s", claim.reason)
+    landed: dict[str, Any] | None = None
     try:
         start, end = window
         if start is None or end is None:
@@ -128,7 +129,14 @@ def _on_drift(
         landed = land_production(root, params, fingerprint, start, end)
         summary = training_flow(str(root), "drift", params_file)
     except BaseException as exc:
-        ledger.finish(fingerprint, False, {"error": str(exc).splitlines()[0][:500]})
+        detail = {"error": str(exc).splitlines()[0][:500]}
+        rejected = None
+        if landed is not None and _data_refused(exc):
+            rejected = _move_to_rejected(Path(landed["path"]))
+        if rejected:
+            detail["rejected_batch"] = rejected
+            logger.warning("the landed batch failed the data checks: moved to %s", rejected)
+        ledger.finish(fingerprint, False, detail)
         raise
     deploy = summary.get("deploy") or {}
     ledger.finish(
@@ -141,3 +149,20 @@ def _on_drift(
 
 if __name__ == "__main__":
     retraining_flow()
+
+
+def _data_refused(exc: BaseException) -> bool:
+    """The data checks refused the run: the batch this retraining landed is the new
+    input, so it goes to `rejected/` beside the landing folder rather than block every
+    later run. Any other failure leaves it for the next run."""
+    summary = getattr(exc, "summary", None) or {}
+    return bool(set(summary.get("failed") or ()) & {"ingest", "validate"})
+
+
+def _move_to_rejected(path: Path) -> str | None:
+    if not path.exists():
+        return None
+    target = path.parent / "rejected" / path.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    path.replace(target)
+    return str(target)

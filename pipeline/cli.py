@@ -228,3 +228,46 @@ def down() -> None:
 
     stopped = stack.down(Path.cwd())
     say(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+
+
+@app.command("simulate")
+@report_user_errors
+def simulate(
+    weeks: Annotated[int, typer.Option(min=1, help="Weeks of held-out data to replay.")] = 6,
+    check_days: Annotated[int, typer.Option(min=1, help="Days between monitor runs.")] = 7,
+    label_delay_days: Annotated[
+        int, typer.Option(min=0, help="Days before a prediction's label arrives.")
+    ] = 1,
+    day_seconds: Annotated[
+        float, typer.Option(min=0, help="Wall seconds per simulated day.")
+    ] = 0.5,
+    params: Annotated[Path, typer.Option(help="The params file.")] = DEFAULT_PARAMS,
+) -> None:
+    """Replay the data held out of training (after data.until) through the running
+    stack: watch drift detected, a retraining, a new champion and the server reload."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from pipeline import simulate as simulation
+    from pipeline.stack import Stack
+
+    loaded = load_params(params)
+    root = Path.cwd()
+    with Progress(
+        TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TextColumn("days")
+    ) as progress:
+        task = progress.add_task("days", total=None)
+        outcome = simulation.simulate(
+            root,
+            loaded,
+            weeks=weeks,
+            check_days=check_days,
+            label_delay_days=label_delay_days,
+            day_seconds=day_seconds,
+            report=progress.console.print,
+            advance=lambda days: progress.advance(task, days),
+            days_known=lambda total: progress.update(task, total=total),
+        )
+    stack = Stack.load(root)
+    ui = stack.prefect_api.removesuffix("/api") if stack else "(stack stopped)"
+    for line in simulation.summary_lines(outcome, ui):
+        say(line)

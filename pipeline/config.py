@@ -8,6 +8,7 @@ its own section.
 from __future__ import annotations
 
 import math
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
@@ -155,6 +156,9 @@ class DataConfig(Section):
     slice_columns: list[str] = Field(default_factory=list)
     na_values: list[str] = Field(default_factory=list)
     landing: str = "data/landing"
+    # Source rows after this date are held out of training: the production traffic
+    # `driftline simulate` replays. Needs time_column.
+    until: date | None = None
     csv: CsvDialect = Field(default_factory=CsvDialect)
     schema_: Schema | None = Field(default=None, alias="schema")
 
@@ -166,6 +170,10 @@ class DataConfig(Section):
             raise ValueError("source is a SQL URL, so query must hold the SELECT to run")
         if self.target in self.key_columns:
             raise ValueError(f"target {self.target!r} cannot also be a key column")
+        if self.until is not None and self.time_column is None:
+            raise ValueError(
+                "data.until holds rows out by time, so data.time_column must name the column"
+            )
         if self.schema_ is not None:
             kind = self.schema_.kind_of(self.target)
             if kind in ("id", "drop", "datetime"):

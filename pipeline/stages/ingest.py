@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -51,6 +51,7 @@ def ingest(
     """Stack the source and the batches (a batch row replaces an older row with its key)
     and describe the result."""
     check_named_columns(source, data)
+    source, held_out = hold_out(source, data.time_column, data.until)
     columns = list(source.columns)
     frame = source.reset_index(drop=True)
     batch_records = []
@@ -82,6 +83,8 @@ def ingest(
         "content_hash": content_hash(frame),
         "time_range": time_range(frame, data.time_column),
         "source_rows": len(source),
+        "held_out_rows": len(held_out),
+        "until": None if data.until is None else data.until.isoformat(),
         "batches": batch_records,
         "unlabelled_rows_skipped": unlabelled,
         "duplicate_keys_replaced": replaced,
@@ -95,6 +98,17 @@ def ingest(
         "duplicate_keys_replaced": replaced,
     }
     return Ingested(frame=frame, spec=spec, manifest=manifest, figures=figures)
+
+
+def hold_out(
+    frame: pd.DataFrame, time_column: str | None, until: date | None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rows up to the end of `until` (kept) and the later ones (held out)."""
+    if until is None or time_column is None:
+        return frame, frame.iloc[0:0]
+    times = pd.to_datetime(frame[time_column], errors="coerce", format="mixed", utc=True)
+    later = (times >= pd.Timestamp(until, tz="UTC") + pd.Timedelta(days=1)).to_numpy()
+    return frame[~later].reset_index(drop=True), frame[later].reset_index(drop=True)
 
 
 def content_hash(frame: pd.DataFrame) -> str:
@@ -157,6 +171,11 @@ def main(
         f"ingest: {result.figures['rows']} rows x {result.figures['columns']} columns from "
         f"{source.description}"
         + (f" + {len(batches)} landing batch(es)" if batches else "")
+        + (
+            f"; {result.manifest['held_out_rows']} rows after {data.until} held out"
+            if data.until
+            else ""
+        )
         + f" -> {out}"
     )
     if result.spec.inferred:

@@ -211,6 +211,7 @@ def test_the_local_stack_explains_what_is_wrong(tmp_path: Path) -> None:
     }
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
+        taken.listen()
         busy = taken.getsockname()[1]
         with pytest.raises(StackError, match=f"port {busy} on 127.0.0.1 is in use: choose"):
             up(tmp_path, prefect_port=busy, serve_port=1, has_champion=lambda: True, **options)

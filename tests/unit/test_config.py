@@ -94,3 +94,14 @@ def test_unreadable_params_file(tmp_path: Path, text: str | None, message: str) 
         path.write_text(text)
     with pytest.raises(ConfigError, match=message):
         load_params(path)
+
+
+def test_a_hold_out_date_needs_a_time_column_and_a_date() -> None:
+    params = with_change("data.time_column", None)
+    params["split"]["method"] = "random"
+    with pytest.raises(
+        ConfigError, match=r"data\.until holds rows out by time, so data\.time_column"
+    ):
+        parse_params(params)
+    with pytest.raises(ConfigError, match=r"data\.until:"):
+        parse_params(with_change("data.until", "the summer"))

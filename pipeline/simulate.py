@@ -1,0 +1,292 @@
+"""`driftline simulate`: held-out data replayed as production traffic, to watch the loop.
+
+The source rows after `data.until` were never ingested, so no model has seen them. Day
+by day they are cleaned as `clean` cleans training rows and POSTed to the prediction
+API that `driftline up` started, with their key and time as context; their labels
+arrive `label_delay_days` later (`driftline label`'s store). Every `check_days` the
+`monitoring` deployment runs on the traffic since the last check that decided
+something; on drift, the monitor's event starts the `training` deployment, whose
+guards, retraining, gate and promotion follow. The simulation waits for that run, then
+for the server to serve a new champion, and ends with what happened and where the
+reports are.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import Params
+from pipeline.errors import DataError
+from pipeline.stack import Stack, StackError
+
+MONITORING = "monitoring/monitoring"
+TRAINING_FLOW = "retraining"
+
+
+@dataclass
+class Outcome:
+    """What a simulation did, for the closing summary."""
+
+    days: int = 0
+    requests: int = 0
+    rows: int = 0
+    labels: int = 0
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    retrainings: list[dict[str, Any]] = field(default_factory=list)
+    champion_before: str | None = None
+    champion_after: str | None = None
+
+
+def held_out_days(params: Params, weeks: int) -> list[tuple[str, pd.DataFrame]]:
+    """The first `weeks` weeks after `data.until`, one frame per day: the features as
+    `clean` makes them, the key and time as the source holds them (a client sends
+    what it has; the landing batch must look like the source)."""
+    from pipeline.schema import DatasetSpec
+    from pipeline.sources import read_source
+    from pipeline.stages.clean import clean
+    from pipeline.stages.ingest import hold_out
+
+    data = params.data
+    if data.until is None or data.time_column is None:
+        raise DataError(
+            "data.until is not set, so no rows were held out of training to replay: set it "
+            "(e.g. until: 2012-06-30 for the bike data) and run `make run` again"
+        )
+    _, held = hold_out(read_source(data).frame, data.time_column, data.until)
+    if held.empty:
+        raise DataError(f"the source has no rows after data.until ({data.until}) to replay")
+    spec = DatasetSpec.read(Path("data/raw/schema.yaml"))
+    cleaned = clean(held, spec, params.clean).frame
+    context = [c for c in data.key_columns if c in held.columns]
+    if context:
+        raw_time = held.set_index(context)[data.time_column]
+        keys = cleaned.set_index(context).index
+        cleaned = cleaned.assign(**{data.time_column: raw_time.reindex(keys).to_numpy()})
+    days = pd.to_datetime(cleaned[data.time_column], format="mixed").dt.normalize()
+    first = days.min()
+    cleaned = cleaned[days < first + pd.Timedelta(days=7 * weeks)]
+    days = days[cleaned.index]
+    return [(day.date().isoformat(), part) for day, part in cleaned.groupby(days, sort=True)]
+
+
+def records(day: pd.DataFrame, features: list[str], context: list[str], key: str) -> list[dict]:
+    """One day's rows as /predict records with an id to join the labels on."""
+    rows = []
+    for row in day[[*features, *context]].to_dict(orient="records"):
+        record = {name: _plain(value) for name, value in row.items()}
+        record["id"] = f"sim-{record[key]}" if key in record else None
+        rows.append(record)
+    return rows
+
+
+def _plain(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
+        return None
+    if isinstance(value, pd.Timestamp):
+        return value.isoformat()
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def http_json(url: str, body: Any | None = None, timeout: float = 30) -> Any:
+    import urllib.request
+
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def champion_served(stack: Stack) -> str | None:
+    try:
+        return str(http_json(f"{stack.serving}/health", timeout=5)["model_version"])
+    except OSError:
+        return None
+
+
+def store_day_labels(log: str, day: pd.DataFrame, target: str, key: str) -> int:
+    """Store one day's labels as `driftline label` would; how many matched."""
+    from pipeline.label_store import store_labels
+
+    labels = pd.DataFrame(
+        {
+            "id": [f"sim-{value}" for value in day[key]],
+            "label": day[target].to_numpy(),
+            "time": datetime.now(UTC).isoformat(),
+        }
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "labels.parquet"
+        labels.to_parquet(path, index=False)
+        return store_labels(path, log).matched
+
+
+def run_monitoring(root: Path, since: datetime) -> dict[str, Any]:
+    """One run of the monitoring deployment over the traffic since `since`; the
+    decision it recorded."""
+    from prefect.deployments import run_deployment
+
+    now = datetime.now(UTC)
+    hours = (now - since).total_seconds() / 3600
+    run = run_deployment(
+        MONITORING,
+        parameters={"project": str(root), "now": now.isoformat(), "window_hours": hours},
+        timeout=600,
+    )
+    if run.state is None or not run.state.is_completed():
+        state = run.state.name if run.state else "unknown"
+        raise StackError(f"the monitoring run {run.name} ended {state}: see the Prefect UI")
+    decisions = Path("reports/monitoring/decisions.jsonl").read_text().splitlines()
+    return json.loads(decisions[-1])
+
+
+def wait_for_retraining(started_after: datetime, timeout: float = 1800) -> dict[str, Any]:
+    """The retraining the drift event started: wait for it to finish; its ledger line."""
+    path = Path("reports/monitoring/retrainings.jsonl")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            for line in reversed(path.read_text().splitlines()):
+                entry = json.loads(line)
+                if datetime.fromisoformat(entry["time"]) < started_after:
+                    break
+                if entry["status"] in ("done", "failed", "refused"):
+                    return entry
+        time.sleep(2)
+    raise StackError("no retraining finished in time: see the Prefect UI and .driftline/logs/")
+
+
+def simulate(
+    root: Path,
+    params: Params,
+    *,
+    weeks: int,
+    check_days: int,
+    label_delay_days: int,
+    day_seconds: float,
+    report: Callable[[str], None],
+    advance: Callable[[int], None] | None = None,
+    days_known: Callable[[int], None] | None = None,
+) -> Outcome:
+    """Replay the held-out weeks through the running stack; what happened."""
+    stack = Stack.load(root)
+    if stack is None or champion_served(stack) is None:
+        raise StackError("the local stack is not running: start it with `driftline up`")
+    import os
+
+    os.environ["PREFECT_API_URL"] = stack.prefect_api
+    info = http_json(f"{stack.serving}/model")
+    features = [*info["features"]["numeric"], *info["features"]["categorical"]]
+    data = params.data
+    key = data.key_columns[0] if data.key_columns else None
+    if key is None:
+        raise DataError("data.key_columns is empty: simulated labels need a key to join on")
+    context = [c for c in (*data.key_columns, data.time_column) if c and c not in features]
+    days = held_out_days(params, weeks)
+    if days_known is not None:
+        days_known(len(days))
+    outcome = Outcome(champion_before=champion_served(stack))
+    log = params.monitor.prediction_log
+    pending: list[tuple[int, float, pd.DataFrame]] = []  # (due day, sent at, rows)
+    window_start = datetime.now(UTC)
+    for number, (day, rows) in enumerate(days, start=1):
+        sent = records(rows, features, context, key)
+        for start in range(0, len(sent), 100):
+            http_json(f"{stack.serving}/predict", {"records": sent[start : start + 100]})
+            outcome.requests += 1
+        outcome.rows += len(sent)
+        pending.append((number + label_delay_days, time.monotonic(), rows))
+        outcome.labels += _store_due(log, pending, number, data.target, key, wait=False)
+        outcome.days = number
+        if advance is not None:
+            advance(1)
+        time.sleep(day_seconds)
+        if number % check_days and number != len(days):
+            continue
+        outcome.labels += _store_due(log, pending, number, data.target, key, wait=True)
+        decision = run_monitoring(root, window_start)
+        decision["through"] = day
+        outcome.checks.append(decision)
+        report(f"{day}: monitor: {'; '.join(decision['reasons'])}")
+        if decision["window"]["rows"] >= params.monitor.min_window_rows:
+            window_start = datetime.now(UTC)  # the next check looks at newer traffic
+        if decision["drift"]:
+            report("drift: the training deployment was triggered; waiting for the retraining")
+            started = datetime.fromisoformat(decision["time"])
+            entry = wait_for_retraining(started)
+            outcome.retrainings.append(entry)
+            report(f"retraining: {entry['status']}: {entry.get('reason') or entry}")
+            champion = _champion_in_registry(params)
+            if champion and champion != champion_served(stack):
+                _wait_served(stack, champion, report)
+    outcome.champion_after = champion_served(stack)
+    return outcome
+
+
+def _store_due(
+    log: str,
+    pending: list[tuple[int, float, pd.DataFrame]],
+    today: int,
+    target: str,
+    key: str,
+    wait: bool,
+) -> int:
+    """Store the labels that are due; a prediction must be in the log (flushed every
+    2 s) before its label can join it."""
+    stored = 0
+    for item in list(pending):
+        due, sent_at, rows = item
+        if due > today:
+            continue
+        settle = sent_at + 3 - time.monotonic()
+        if settle > 0:
+            if not wait:
+                continue
+            time.sleep(settle)
+        stored += store_day_labels(log, rows, target, key)
+        pending.remove(item)
+    return stored
+
+
+def _champion_in_registry(params: Params) -> str | None:
+    from pipeline.registry import CHAMPION, alias_version
+    from pipeline.tracking import start_tracking
+
+    start_tracking(params.mlflow)
+    found = alias_version(params.mlflow, CHAMPION)
+    return str(found.version) if found is not None else None
+
+
+def _wait_served(stack: Stack, version: str, report: Callable[[str], None]) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if champion_served(stack) == version:
+            report(f"serving: the API now serves champion v{version}")
+            return
+        time.sleep(1)
+    report(f"serving: the API did not pick up v{version} within 2 minutes")
+
+
+def summary_lines(outcome: Outcome, stack_ui: str) -> list[str]:
+    drifted = sum(1 for check in outcome.checks if check["drift"])
+    promoted = [r for r in outcome.retrainings if r.get("action") == "promote"]
+    return [
+        f"replayed {outcome.days} days: {outcome.rows} rows in {outcome.requests} requests, "
+        f"{outcome.labels} labels",
+        f"monitor: {len(outcome.checks)} checks, {drifted} with drift",
+        f"retrainings: {len(outcome.retrainings)}, promoted: {len(promoted)}",
+        f"champion served: v{outcome.champion_before} -> v{outcome.champion_after}",
+        "reports: reports/monitoring/ (decisions.jsonl, one folder per check with the "
+        "Evidently report), reports/promotions.jsonl, reports/monitoring/retrainings.jsonl",
+        f"Prefect UI: {stack_ui}; MLflow: mlflow ui --backend-store-uri sqlite:///mlflow.db; "
+        "Evidently: evidently ui --workspace evidently",
+    ]
