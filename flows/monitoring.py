@@ -29,6 +29,8 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from pipeline.prediction_log import is_sql_url
+
 DRIFT_EVENT = "driftline.drift.detected"
 REFERENCE = "data/reference/reference.parquet"
 PROFILE = "data/reference/drift_profile"
@@ -46,14 +48,16 @@ def read_window(log: str, hours: float, now: datetime) -> Any:
 
 @task(name="load champion", **_TASK)
 def load_champion(params: Any) -> Any:
-    """The model the window was served by: the registry's champion, as serving loads it."""
+    """The model the window was served by: the registry's champion, as serving loads it
+    (into memory: the downloaded files go when it is loaded)."""
     import tempfile
 
     from pipeline.served_champion import champion_source
     from pipeline.tracking import start_tracking
 
     start_tracking(params.mlflow)
-    return champion_source(params.mlflow, Path(tempfile.mkdtemp(prefix="driftline-monitor-")))()
+    with tempfile.TemporaryDirectory(prefix="driftline-monitor-") as cache:
+        return champion_source(params.mlflow, Path(cache))()
 
 
 @task(name="fast drift check", **_TASK)
@@ -193,7 +197,7 @@ def _monitor(
     end = datetime.fromisoformat(now) if now else datetime.now(UTC)
     end = end if end.tzinfo else end.replace(tzinfo=UTC)
     log = config.prediction_log
-    location = log if "://" in log else str(root / log)
+    location = log if is_sql_url(log) else str(root / log)
     window = read_window(location, window_hours or config.window_hours, end)
     reports = root / config.reports
     folder = reports / end.strftime("%Y%m%dT%H%M%SZ")
@@ -224,12 +228,25 @@ def _monitor(
     decision = decide(drift, checked, config)
     record.update(decision.to_dict())
     record.update(model_version=champion.version, columns=drift.to_dict()["columns"])
-    record["files"] = evidently_report(
-        root, folder, window, champion, config.drift_share, config.evidently_workspace
-    )
-    write_record(folder, reports / "decisions.jsonl", record)
-    record["mlflow_run"] = log_run(params, record, folder)
     logger = get_run_logger()
+    # The report and the MLflow run are for people: if either fails, the decision is
+    # still recorded and acted on.
+    reported = evidently_report.with_options(name="Evidently report")(
+        root,
+        folder,
+        window,
+        champion,
+        config.drift_share,
+        config.evidently_workspace,
+        return_state=True,
+    )
+    record["files"] = reported.result() if reported.is_completed() else None
+    write_record(folder, reports / "decisions.jsonl", record)
+    logged = log_run(params, record, folder, return_state=True)
+    record["mlflow_run"] = logged.result() if logged.is_completed() else None
+    for failed, what in ((reported, "Evidently report"), (logged, "MLflow run")):
+        if not failed.is_completed():
+            logger.warning("no %s this time: %s", what, failed.message)
     for reason in decision.reasons:
         logger.info(reason)
     if decision.drift:

@@ -37,13 +37,14 @@ def land_production(
     from pipeline.artifacts import write_parquet_atomic
     from pipeline.errors import DataError
     from pipeline.monitoring import production_batch, read_window
+    from pipeline.prediction_log import is_sql_url
     from pipeline.schema import DatasetSpec
 
     config = params.monitor
     log = config.prediction_log
     start, end = datetime.fromisoformat(window_start), datetime.fromisoformat(window_end)
     hours = (end - start).total_seconds() / 3600
-    window = read_window(log if "://" in log else root / log, hours, end)
+    window = read_window(log if is_sql_url(log) else root / log, hours, end)
     if window.fingerprint != fingerprint:
         get_run_logger().warning(
             "window %s now reads as %s (rows logged late); landing what is there now",
@@ -147,10 +148,6 @@ def _on_drift(
     return {**outcome, "retrained": True, "landed": landed, "training": summary}
 
 
-if __name__ == "__main__":
-    retraining_flow()
-
-
 def _data_refused(exc: BaseException) -> bool:
     """The data checks refused the run: the batch this retraining landed is the new
     input, so it goes to `rejected/` beside the landing folder rather than block every
@@ -166,3 +163,7 @@ def _move_to_rejected(path: Path) -> str | None:
     target.parent.mkdir(parents=True, exist_ok=True)
     path.replace(target)
     return str(target)
+
+
+if __name__ == "__main__":
+    retraining_flow()

@@ -172,10 +172,6 @@ def label(
     )
 
 
-if __name__ == "__main__":
-    app()
-
-
 @app.command("up")
 @report_user_errors
 def up(
@@ -212,6 +208,8 @@ def up(
         deploy=deploy,
         has_champion=has_champion,
         say=say,
+        # The API logs where the monitor reads, and serves the registry these params name.
+        serve_options=["--params", str(params), "--log", loaded.monitor.prediction_log],
     )
     say(f"Prefect UI:      {started.prefect_api.removesuffix('/api')}")
     say(f"prediction API:  {started.serving} (POST /predict, GET /model)")
@@ -269,5 +267,9 @@ def simulate(
         )
     stack = Stack.load(root)
     ui = stack.prefect_api.removesuffix("/api") if stack else "(stack stopped)"
-    for line in simulation.summary_lines(outcome, ui):
+    for line in simulation.summary_lines(outcome, ui, loaded):
         say(line)
+
+
+if __name__ == "__main__":
+    app()

@@ -89,7 +89,11 @@ def read_window(log: str | Path, hours: float, now: datetime | None = None) -> W
     if end.tzinfo is None:
         end = end.replace(tzinfo=UTC)
     start = end - timedelta(hours=hours)
-    logged = read_predictions(log, since=start)
+    if not is_sql_url(log) and not Path(log).exists():  # nothing served yet
+        logged = pd.DataFrame(columns=["request_id", "timestamp", "prediction"])
+        logged["timestamp"] = pd.to_datetime(logged["timestamp"], utc=True)
+    else:
+        logged = read_predictions(log, since=start)
     logged = logged[logged["timestamp"] <= pd.Timestamp(end)]
     frame = logged.rename(
         columns={c: c.removeprefix(FEATURE_PREFIX) for c in logged.columns}

@@ -101,12 +101,11 @@ class RetrainingLedger:
                 f"window {fingerprint} has a retraining already ({mine['status']}, started "
                 f"{mine['started']}): a duplicate alert",
             )
-        live = {fp: state for fp, state in states.items() if state["status"] in (STARTED, DONE)}
-        for other, state in live.items():
+        for other, state in states.items():
             if state["status"] == STARTED and now - _started(state) < STALE_AFTER:
                 return Claim(False, f"the retraining for window {other} is still running")
-        if live:
-            last = max(live.values(), key=_started)
+        if states:  # failed retrainings count too: a failing one is not retried every hour
+            last = max(states.values(), key=_started)
             ready = _started(last) + cooldown
             if now < ready:
                 return Claim(

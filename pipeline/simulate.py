@@ -60,7 +60,7 @@ def held_out_days(params: Params, weeks: int) -> list[tuple[str, pd.DataFrame]]:
     if data.until is None or data.time_column is None:
         raise DataError(
             "data.until is not set, so no rows were held out of training to replay: set it "
-            "(e.g. until: 2012-06-30 for the bike data) and run `make run` again"
+            "(e.g. until: '2012-10-31' for the bike data) and run `make run` again"
         )
     _, held = hold_out(read_source(data).frame, data.time_column, data.until)
     if held.empty:
@@ -98,18 +98,26 @@ def _plain(value: Any) -> Any:
 
 
 def http_json(url: str, body: Any | None = None, timeout: float = 30) -> Any:
+    """GET or POST JSON; an error answer or a server that is gone is a StackError."""
+    import urllib.error
     import urllib.request
 
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, headers={"content-type": "application/json"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return json.loads(response.read())
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        detail = exc.read()[:300].decode(errors="replace")
+        raise StackError(f"{url} answered {exc.code}: {detail}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise StackError(f"{url} did not answer ({exc}): is `driftline up` running?") from None
 
 
 def champion_served(stack: Stack) -> str | None:
     try:
         return str(http_json(f"{stack.serving}/health", timeout=5)["model_version"])
-    except OSError:
+    except StackError:
         return None
 
 
@@ -130,7 +138,7 @@ def store_day_labels(log: str, day: pd.DataFrame, target: str, key: str) -> int:
         return store_labels(path, log).matched
 
 
-def run_monitoring(root: Path, since: datetime) -> dict[str, Any]:
+def run_monitoring(root: Path, since: datetime, reports: Path) -> dict[str, Any]:
     """One run of the monitoring deployment over the traffic since `since`; the
     decision it recorded."""
     from prefect.deployments import run_deployment
@@ -145,13 +153,15 @@ def run_monitoring(root: Path, since: datetime) -> dict[str, Any]:
     if run.state is None or not run.state.is_completed():
         state = run.state.name if run.state else "unknown"
         raise StackError(f"the monitoring run {run.name} ended {state}: see the Prefect UI")
-    decisions = Path("reports/monitoring/decisions.jsonl").read_text().splitlines()
+    decisions = (reports / "decisions.jsonl").read_text().splitlines()
     return json.loads(decisions[-1])
 
 
-def wait_for_retraining(started_after: datetime, timeout: float = 1800) -> dict[str, Any]:
+def wait_for_retraining(
+    started_after: datetime, reports: Path, timeout: float = 1800
+) -> dict[str, Any]:
     """The retraining the drift event started: wait for it to finish; its ledger line."""
-    path = Path("reports/monitoring/retrainings.jsonl")
+    path = reports / "retrainings.jsonl"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if path.exists():
@@ -196,6 +206,7 @@ def simulate(
         days_known(len(days))
     outcome = Outcome(champion_before=champion_served(stack))
     log = params.monitor.prediction_log
+    reports = root / params.monitor.reports
     pending: list[tuple[int, float, pd.DataFrame]] = []  # (due day, sent at, rows)
     window_start = datetime.now(UTC)
     for number, (day, rows) in enumerate(days, start=1):
@@ -213,7 +224,7 @@ def simulate(
         if number % check_days and number != len(days):
             continue
         outcome.labels += _store_due(log, pending, number, data.target, key, wait=True)
-        decision = run_monitoring(root, window_start)
+        decision = run_monitoring(root, window_start, reports)
         decision["through"] = day
         outcome.checks.append(decision)
         report(f"{day}: monitor: {'; '.join(decision['reasons'])}")
@@ -222,7 +233,7 @@ def simulate(
         if decision["drift"]:
             report("drift: the training deployment was triggered; waiting for the retraining")
             started = datetime.fromisoformat(decision["time"])
-            entry = wait_for_retraining(started)
+            entry = wait_for_retraining(started, reports)
             outcome.retrainings.append(entry)
             report(f"retraining: {entry['status']}: {entry.get('reason') or entry}")
             champion = _champion_in_registry(params)
@@ -276,7 +287,9 @@ def _wait_served(stack: Stack, version: str, report: Callable[[str], None]) -> N
     report(f"serving: the API did not pick up v{version} within 2 minutes")
 
 
-def summary_lines(outcome: Outcome, stack_ui: str) -> list[str]:
+def summary_lines(outcome: Outcome, stack_ui: str, params: Params) -> list[str]:
+    from pipeline.tracking import tracking_uri
+
     drifted = sum(1 for check in outcome.checks if check["drift"])
     promoted = [r for r in outcome.retrainings if r.get("action") == "promote"]
     return [
@@ -285,8 +298,9 @@ def summary_lines(outcome: Outcome, stack_ui: str) -> list[str]:
         f"monitor: {len(outcome.checks)} checks, {drifted} with drift",
         f"retrainings: {len(outcome.retrainings)}, promoted: {len(promoted)}",
         f"champion served: v{outcome.champion_before} -> v{outcome.champion_after}",
-        "reports: reports/monitoring/ (decisions.jsonl, one folder per check with the "
-        "Evidently report), reports/promotions.jsonl, reports/monitoring/retrainings.jsonl",
-        f"Prefect UI: {stack_ui}; MLflow: mlflow ui --backend-store-uri sqlite:///mlflow.db; "
-        "Evidently: evidently ui --workspace evidently",
+        f"reports: {params.monitor.reports}/ (decisions.jsonl, retrainings.jsonl, one folder "
+        "per check with the Evidently report), reports/promotions.jsonl",
+        f"Prefect UI: {stack_ui}; MLflow: mlflow ui --backend-store-uri "
+        f"{tracking_uri(params.mlflow)}; Evidently: evidently ui --workspace "
+        f"{params.monitor.evidently_workspace}",
     ]

@@ -92,23 +92,27 @@ def environment(root: Path, prefect_api: str) -> dict[str, str]:
     return env
 
 
-def launch(name: str, argv: list[str], root: Path, env: dict[str, str]) -> Started:
+def launch(
+    name: str, argv: list[str], root: Path, env: dict[str, str]
+) -> tuple[Started, subprocess.Popen[bytes]]:
     log = root / LOGS / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         process = subprocess.Popen(
             argv, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
-    return Started(name=name, pid=process.pid, log=str(log))
+    return Started(name=name, pid=process.pid, log=str(log)), process
 
 
-def wait_until(ready: Callable[[], bool], started: Started, seconds: float) -> None:
+def wait_until(
+    ready: Callable[[], bool], started: Started, process: subprocess.Popen[bytes], seconds: float
+) -> None:
     """Wait for `ready`; a process that exits or a timeout is a one-line error."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if ready():
             return
-        if not alive(started.pid):
+        if process.poll() is not None:  # reaped here, so an exit is seen at once
             raise StackError(f"{started.name} stopped while starting: see {started.log}")
         time.sleep(0.5)
     raise StackError(f"{started.name} did not become ready in {seconds:.0f} s: see {started.log}")
@@ -160,6 +164,7 @@ def up(
     deploy: Callable[[Path], dict[str, Any]],
     has_champion: Callable[[], bool],
     say: Callable[[str], None],
+    serve_options: list[str] | None = None,
 ) -> Stack:
     """Start the stack for the project at `root`; stop what started if a step fails."""
     existing = Stack.load(root)
@@ -176,7 +181,7 @@ def up(
     stack = Stack(str(root), prefect_api, f"http://{HOST}:{serve_port}")
     try:
         prefect = str(bin_dir / "prefect")
-        server = launch(
+        server, server_process = launch(
             "prefect-server",
             [prefect, "server", "start", "--host", HOST, "--port", str(prefect_port)],
             root,
@@ -186,19 +191,19 @@ def up(
         stack.processes.append(server)
         stack.save(root)
         say(f"prefect server starting on {server.url} ...")
-        wait_until(lambda: answers(f"{prefect_api}/health"), server, 120)
+        wait_until(lambda: answers(f"{prefect_api}/health"), server, server_process, 120)
         os.environ["PREFECT_API_URL"] = prefect_api
         deployed = deploy(root)
         say("deployed: " + ", ".join(f"{name} on pool {d['pool']}" for name, d in deployed.items()))
         for pool in dict.fromkeys(pools):
-            worker = launch(
+            worker, _ = launch(
                 f"worker-{pool}",
                 [prefect, "worker", "start", "--pool", pool, "--type", "process"],
                 root,
                 env,
             )
             stack.processes.append(worker)
-        serving = launch(
+        serving, serving_process = launch(
             "serve",
             [
                 str(bin_dir / "driftline"),
@@ -209,6 +214,7 @@ def up(
                 str(serve_port),
                 "--poll",
                 str(poll),
+                *(serve_options or []),
             ],
             root,
             env,
@@ -216,7 +222,7 @@ def up(
         serving.url = stack.serving
         stack.processes.append(serving)
         stack.save(root)
-        wait_until(lambda: answers(f"{stack.serving}/health"), serving, 120)
+        wait_until(lambda: answers(f"{stack.serving}/health"), serving, serving_process, 120)
     except BaseException:
         for started in reversed(stack.processes):
             stop_process(started)

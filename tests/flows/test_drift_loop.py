@@ -179,6 +179,7 @@ def test_drift_retrains_once_and_serving_reloads(
         server_log,
     )
     failures: list[str] = []
+    answered: list[str] = []  # the model version of every answer during the reload
     stop_traffic = threading.Event()
     try:
         wait_for(lambda: _health(server), "the server", server_log, timeout=120)
@@ -217,7 +218,7 @@ def test_drift_retrains_once_and_serving_reloads(
         # Traffic keeps flowing through the retraining and the reload.
         live = requests_for(bike.iloc[:50], features, "live")
         traffic = threading.Thread(
-            target=_keep_sending, args=(server, live, stop_traffic, failures)
+            target=_keep_sending, args=(server, live, stop_traffic, failures, answered)
         )
         traffic.start()
         assert drifted["drift"] is True, drifted["reasons"]
@@ -282,6 +283,7 @@ def test_drift_retrains_once_and_serving_reloads(
         for process in (worker, serving):
             stop(process)
     assert failures == []
+    assert {"1", "2"} <= set(answered)  # answers from both versions, none failed
 
 
 def _health(server: str) -> str | None:
@@ -292,12 +294,21 @@ def _health(server: str) -> str | None:
 
 
 def _keep_sending(
-    server: str, records: list[dict], done: threading.Event, failures: list[str]
+    server: str,
+    records: list[dict],
+    done: threading.Event,
+    failures: list[str],
+    answered: list[str],
 ) -> None:
     while not done.is_set():
-        status, body = post(f"{server}/predict", {"records": records[:5]})
+        try:
+            status, body = post(f"{server}/predict", {"records": records[:5]})
+        except OSError as exc:  # refused, reset, timed out: a failed request all the same
+            status, body = 0, {"error": str(exc)}
         if status != 200:
             failures.append(f"{status}: {body}")
+        else:
+            answered.append(body["model_version"])
         time.sleep(0.05)
 
 

@@ -99,6 +99,7 @@ def test_unreadable_params_file(tmp_path: Path, text: str | None, message: str) 
 def test_a_hold_out_date_needs_a_time_column_and_a_date() -> None:
     params = with_change("data.time_column", None)
     params["split"]["method"] = "random"
+    params["data"]["until"] = "2012-10-31"
     with pytest.raises(
         ConfigError, match=r"data\.until holds rows out by time, so data\.time_column"
     ):

@@ -59,11 +59,13 @@ def test_one_at_a_time_then_a_cooldown(tmp_path: Path) -> None:
     assert claim(ledger, "w2", NOW + timedelta(hours=7)).allowed
 
 
-def test_a_failed_retraining_may_be_tried_again(tmp_path: Path) -> None:
+def test_a_failed_retraining_may_be_tried_again_after_the_cooldown(tmp_path: Path) -> None:
     ledger = RetrainingLedger(tmp_path / "retrainings.jsonl")
     assert claim(ledger, "w1", NOW).allowed
     ledger.finish("w1", False, {"error": "tune failed"})
-    assert claim(ledger, "w1", NOW + timedelta(minutes=1)).allowed
+    soon = claim(ledger, "w1", NOW + timedelta(minutes=1))
+    assert not soon.allowed and soon.reason.startswith("cooldown")
+    assert claim(ledger, "w1", NOW + timedelta(hours=7)).allowed
 
 
 def window_of(frame: pd.DataFrame) -> Window:
