@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 
 # Why a run started; deploy writes it into the promotion record (DRIFTLINE_TRIGGER).
 Trigger = Literal["manual", "schedule", "drift"]
-PROMOTIONS = "reports/promotions.jsonl"
 
 
 class TrainingFailed(DriftlineError):
@@ -151,6 +150,8 @@ def commit_data_version(root: str, branch: str, message: str) -> str | None:
 def read_results(root: str) -> dict[str, Any]:
     """What the stages wrote: metrics/*.json, the gate, the deploy decision, and the
     champion as the last promotion record has it."""
+    from pipeline.promotions import PROMOTIONS
+
     base = Path(root)
     metrics = {path.stem: _read_json(path) for path in sorted(base.glob("metrics/*.json"))}
     gate = _read_json(base / "reports/gate.json")
