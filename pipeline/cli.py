@@ -231,8 +231,11 @@ def down() -> None:
 @app.command("simulate")
 @report_user_errors
 def simulate(
-    weeks: Annotated[int, typer.Option(min=1, help="Weeks of held-out data to replay.")] = 6,
-    check_days: Annotated[int, typer.Option(min=1, help="Days between monitor runs.")] = 7,
+    weeks: Annotated[int, typer.Option(min=1, help="Weeks of held-out data to replay.")] = 12,
+    check_days: Annotated[
+        int | None,
+        typer.Option(min=1, help="Days between monitor runs; default: monitor.window_hours."),
+    ] = None,
     label_delay_days: Annotated[
         int, typer.Option(min=0, help="Days before a prediction's label arrives.")
     ] = 1,
@@ -258,7 +261,7 @@ def simulate(
             root,
             loaded,
             weeks=weeks,
-            check_days=check_days,
+            check_days=check_days or max(1, round(loaded.monitor.window_hours / 24)),
             label_delay_days=label_delay_days,
             day_seconds=day_seconds,
             report=progress.console.print,

@@ -338,6 +338,9 @@ class TrainConfig(Section):
     positive_class: CategoryValue | None = None
     # Binary only: the decision threshold is picked on val to maximise this metric.
     threshold_metric: ThresholdMetric = "f1"
+    # After early stopping picks the rounds/epochs on val, fit again on train + val with
+    # that many, so the model learns from the newest rows before test.
+    refit: bool = True
     xgboost: XGBoostConfig = Field(default_factory=XGBoostConfig)
     sklearn: SklearnConfig = Field(default_factory=SklearnConfig)
     torch: TorchConfig = Field(default_factory=TorchConfig)

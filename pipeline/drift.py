@@ -52,7 +52,9 @@ if TYPE_CHECKING:
     from evidently.core.report import Snapshot
 
 Kind = Literal["numeric", "categorical"]
-Method = Literal["wasserstein", "jensenshannon", "ks", "chisquare", "z"]
+# "empty": the window holds no value of a column the reference has. No statistic can be
+# computed; the feature stopped arriving, which counts as drifted.
+Method = Literal["wasserstein", "jensenshannon", "ks", "chisquare", "z", "empty"]
 
 # Evidently's defaults (evidently.legacy.calculations.stattests.registry._get_default_stattest
 # and each test's default_threshold).
@@ -65,6 +67,7 @@ THRESHOLDS: dict[str, float] = {
     "ks": 0.05,
     "chisquare": 0.05,
     "z": 0.05,
+    "empty": math.nan,
 }
 MIN_NORM = 0.001  # Wasserstein is divided by max(std of reference, this)
 # Evidently's display names in a snapshot, to ours (its registry's names).
@@ -144,7 +147,7 @@ class ColumnDrift:
             "kind": self.kind,
             "method": self.method,
             "statistic": _json_float(self.statistic),
-            "threshold": self.threshold,
+            "threshold": _json_float(self.threshold),
             "drifted": self.drifted,
         }
 
@@ -419,15 +422,16 @@ def check_drift(
     verdicts = []
     for column in profile.columns:
         if column.kind == "numeric":
-            verdicts.append(_numeric_drift(column, current[column.name], len(current)))
+            verdicts.append(_numeric_drift(column, current[column.name]))
         else:
-            verdicts.append(_categorical_drift(column, current[column.name], len(current)))
+            verdicts.append(_categorical_drift(column, current[column.name]))
     return DriftResult(columns=tuple(verdicts), drift_share=drift_share, current_rows=len(current))
 
 
-def _numeric_drift(column: ColumnProfile, values: pd.Series, rows: int) -> ColumnDrift:
+def _numeric_drift(column: ColumnProfile, values: pd.Series) -> ColumnDrift:
     current = numeric_values(values)
-    _require_values(column.name, current.size, rows)
+    if not current.size:
+        return _empty(column)
     current_counts: dict[Level, int] | None = None
     distinct = column.distinct
     if column.distinct <= FEW_VALUES:
@@ -450,9 +454,10 @@ def _numeric_drift(column: ColumnProfile, values: pd.Series, rows: int) -> Colum
     return _verdict(column, "ks", ks_p_value(column.sorted_values, current))
 
 
-def _categorical_drift(column: ColumnProfile, values: pd.Series, rows: int) -> ColumnDrift:
+def _categorical_drift(column: ColumnProfile, values: pd.Series) -> ColumnDrift:
     current_counts = category_counts(values)
-    _require_values(column.name, sum(current_counts.values()), rows)
+    if not current_counts:
+        return _empty(column)
     if column.rows > LARGE_REFERENCE_ROWS:
         return _shares_drift(column, "jensenshannon", current_counts)
     distinct = len(set(column.levels) | set(current_counts))
@@ -484,9 +489,16 @@ def _verdict(column: ColumnProfile, method: Method, statistic: float) -> ColumnD
     )
 
 
+def _empty(column: ColumnProfile) -> ColumnDrift:
+    return ColumnDrift(column.name, column.kind, "empty", math.nan, math.nan, drifted=True)
+
+
 def is_drift(method: str, statistic: float, threshold: float) -> bool:
     """Evidently's comparison per method: distances drift at or above the threshold,
-    K-S at or below it, chi-square and Z strictly below it."""
+    K-S at or below it, chi-square and Z strictly below it. A column with no values
+    in the window ("empty") has drifted."""
+    if method == "empty":
+        return True
     if method in ("wasserstein", "jensenshannon"):
         return bool(statistic >= threshold)
     if method == "ks":
@@ -721,14 +733,6 @@ def _require_columns(frame: pd.DataFrame, columns: Iterable[str], what: str) -> 
     if missing:
         raise DataError(
             f"{what} lacks column(s) the drift check compares: {', '.join(map(str, missing))}"
-        )
-
-
-def _require_values(column: str, kept: int, rows: int) -> None:
-    if not kept:
-        raise DataError(
-            f"column {column!r} has no values in the current window ({rows} rows): "
-            "drift cannot be measured; check that the feature is still filled in"
         )
 
 

@@ -1,7 +1,9 @@
 """One model interface over three families: xgboost, scikit-learn and torch.
 
 `fit_model` learns the feature spec and the class encoding from train rows, fits the
-family chosen by `train.model`, and picks the binary decision threshold on val.
+family chosen by `train.model` with early stopping on val, picks the binary decision
+threshold on val. `refit_model` (`train.refit`) fits it again on train + val for the
+steps early stopping kept.
 The result, a `TabularModel`, predicts from raw columns and saves to a folder:
 `model.json` (everything but the weights) plus the family's native file.
 Family modules are imported only when used, so nothing here imports torch.
@@ -12,7 +14,7 @@ from __future__ import annotations
 import importlib
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +153,34 @@ def fit_model(
         model.threshold = pick_threshold(data.y_val, probabilities, config.threshold_metric)
         model.threshold_metric = config.threshold_metric
     return model
+
+
+def refit_model(
+    model: TabularModel,
+    train: pd.DataFrame,
+    val: pd.DataFrame,
+    spec: DatasetSpec,
+    config: TrainConfig,
+) -> TabularModel:
+    """`model` fitted again on train + val for the rounds or epochs its early stopping
+    kept (`train.refit`), so it learns from the newest rows before test.
+
+    The feature spec and class weights are learned again from those rows; the params,
+    the classes, the threshold picked on val and the early-stopped report (with
+    `refit_rows`) are kept. Score val with `model` first: the refit has seen it.
+    """
+    data, _ = training_data(pd.concat([train, val], ignore_index=True), val, spec, config)
+    device = resolve_device(config.device, config.model)
+    learner = learner_class(model.family)(
+        model.params, data.features, data.task, data.n_classes, device=device, seed=config.seed
+    )
+    learner.fit(data, steps=model.report.best_step + 1)
+    return replace(
+        model,
+        features=data.features,
+        learner=learner,
+        report=replace(model.report, refit_rows=len(data.y_train)),
+    )
 
 
 def training_data(

@@ -55,6 +55,9 @@ class FitReport:
     val_loss: float
     history: list[float] = field(default_factory=list)
     device: str = "cpu"
+    # The rows of the refit on train + val (`train.refit`); 0 when the early-stopped
+    # model was kept.
+    refit_rows: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -62,11 +65,18 @@ class FitReport:
             "val_loss": self.val_loss,
             "history": self.history,
             "device": self.device,
+            "refit_rows": self.refit_rows,
         }
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> FitReport:
-        return cls(raw["best_step"], raw["val_loss"], list(raw["history"]), raw["device"])
+        return cls(
+            raw["best_step"],
+            raw["val_loss"],
+            list(raw["history"]),
+            raw["device"],
+            raw.get("refit_rows", 0),
+        )
 
 
 class Learner(ABC):
@@ -91,8 +101,11 @@ class Learner(ABC):
         self.seed = seed
 
     @abstractmethod
-    def fit(self, data: TrainingData, on_step: StepCallback | None = None) -> FitReport:
-        """Fit on train, stopping early on val loss."""
+    def fit(
+        self, data: TrainingData, on_step: StepCallback | None = None, steps: int | None = None
+    ) -> FitReport:
+        """Fit on train, stopping early on val loss; or, given `steps`, for exactly that
+        many rounds or epochs with val unused (the refit on train + val)."""
 
     @abstractmethod
     def predict_raw(self, prepared: pd.DataFrame) -> np.ndarray:

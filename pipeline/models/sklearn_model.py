@@ -84,7 +84,10 @@ class SklearnLearner(Learner):
             filled[column] = filled[column].fillna(MISSING_CATEGORY)
         return filled
 
-    def fit(self, data: TrainingData, on_step: StepCallback | None = None) -> FitReport:
+    def fit(
+        self, data: TrainingData, on_step: StepCallback | None = None, steps: int | None = None
+    ) -> FitReport:
+        """Fits in one go: `steps` (a refit) changes nothing but skipping val."""
         class_weight = None
         if data.class_weights is not None:
             class_weight = {code: float(w) for code, w in enumerate(data.class_weights)}
@@ -92,6 +95,8 @@ class SklearnLearner(Learner):
             self.config, self.features, self.task, self.seed, class_weight
         )
         self.pipeline.fit(self._inputs(data.x_train), data.y_train)
+        if steps is not None:
+            return FitReport(best_step=0, val_loss=float("nan"), device="cpu")
         loss = validation_loss(self.task, data.y_val, self.predict_raw(data.x_val))
         if on_step is not None:
             on_step(0, loss)

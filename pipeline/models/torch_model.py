@@ -193,18 +193,26 @@ class TorchLearner(Learner):
     family = "torch"
     scorer: ScoringModule | None = None
 
-    def fit(self, data: TrainingData, on_step: StepCallback | None = None) -> FitReport:
+    def fit(
+        self, data: TrainingData, on_step: StepCallback | None = None, steps: int | None = None
+    ) -> FitReport:
         # Checked here rather than in __init__: a loaded model is rebuilt from its
         # checkpoint and must not fail on params that a newer version rejects.
         settings = training_settings(self.config)
         if settings.batch_norm and settings.batch_size < 2:
             raise ConfigError("train.torch.batch_size must be at least 2 when batch_norm is on")
         with _one_thread_on_cpu(self.device):
-            return self._train(data, settings, on_step)
+            return self._train(data, settings, on_step, steps)
 
     def _train(
-        self, data: TrainingData, settings: TorchConfig, on_step: StepCallback | None
+        self,
+        data: TrainingData,
+        settings: TorchConfig,
+        on_step: StepCallback | None,
+        epochs: int | None = None,
     ) -> FitReport:
+        """Early stopping on val; or, given `epochs`, exactly that many, keeping the last
+        weights and leaving val unused (the refit)."""
         torch.manual_seed(self.seed)
         batches = torch.Generator().manual_seed(self.seed)
         device = torch.device(self.device)
@@ -239,12 +247,13 @@ class TorchLearner(Learner):
             network.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
         )
         n_rows = len(y)
+        max_epochs = settings.max_epochs if epochs is None else epochs
         steps_per_epoch = len(_batch_bounds(n_rows, settings.batch_size))
-        total_steps = max(1, steps_per_epoch * settings.max_epochs)
+        total_steps = max(1, steps_per_epoch * max_epochs)
         step = 0
         history: list[float] = []
         best_epoch, best_loss, best_state = 0, math.inf, None
-        for epoch in range(settings.max_epochs):
+        for epoch in range(max_epochs):
             network.train()
             order = torch.randperm(n_rows, generator=batches).to(device)
             for start, stop in _batch_bounds(n_rows, settings.batch_size):
@@ -263,6 +272,8 @@ class TorchLearner(Learner):
                 optimizer.step()
                 step += 1
 
+            if epochs is not None:
+                continue
             val_loss = validation_loss(
                 self.task, data.y_val, _score(scorer, val_numeric, val_codes)
             )
@@ -276,8 +287,10 @@ class TorchLearner(Learner):
             if epoch - best_epoch >= settings.patience:
                 break
 
-        network.load_state_dict(best_state)
         self.scorer = scorer.eval()
+        if epochs is not None:
+            return FitReport(max_epochs - 1, math.nan, device=self.device)
+        network.load_state_dict(best_state)
         return FitReport(best_epoch, best_loss, history, device=self.device)
 
     def predict_raw(self, prepared: pd.DataFrame) -> np.ndarray:

@@ -50,7 +50,8 @@ def main(
         "metrics/train.json"
     ),
 ) -> None:
-    """Train the model family in params (train.model) on data/split; log it to MLflow."""
+    """Train the model family in params (train.model) on data/split, refit it on train +
+    val (train.refit); log it to MLflow. Val metrics are the early-stopped model's."""
     loaded = load_params(params)
     config = loaded.train
     spec = DatasetSpec.read(raw / "schema.yaml")
@@ -64,8 +65,12 @@ def main(
     experiment_id = tracking.start_tracking(loaded.mlflow)
     started = time.perf_counter()
     model = train(train_rows, val_rows, spec, config)
-    seconds = time.perf_counter() - started
     val_metrics = rounded(score(model, val_rows, spec.target).metrics)
+    if config.refit:
+        from pipeline.models import refit_model
+
+        model = refit_model(model, train_rows, val_rows, spec, config)
+    seconds = time.perf_counter() - started
 
     import mlflow
 
@@ -97,6 +102,7 @@ def main(
         "device": model.report.device,
         "best_step": model.report.best_step,
         "val_loss": round(model.report.val_loss, 6),
+        "refit_rows": model.report.refit_rows,
         "threshold": model.threshold,
         "seconds": round(seconds, 3),
         "val": val_metrics,

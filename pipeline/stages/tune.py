@@ -10,6 +10,9 @@ search space. `tune.n_trials` is the study's total, so re-running with the same
 inputs adds no trials and refits the same model, and other processes running
 `driftline tune --search-only` on the same storage share the budget.
 
+The best params are fitted on train with early stopping on val, scored on val, then
+(`train.refit`) fitted again on train + val for the rounds or epochs kept.
+
 Outputs: `models/tuned/`, `reports/tuning/{summary.json,trials.csv}`, `metrics/tune.json`.
 """
 
@@ -22,7 +25,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -427,10 +430,15 @@ def main(
         if result is None:
             say(f"tune worker: the shared study holds its {config.n_trials} trials")
             return
-        seconds = time.perf_counter() - started
         mlflow.set_tag("driftline.study", result.study_name)
         mlflow.log_params({f"best.{key}": value for key, value in result.best_params.items()})
         val_metrics = rounded(score(result.model, val_rows, spec.target).metrics)
+        if train_config.refit:
+            from pipeline.models import refit_model
+
+            refitted = refit_model(result.model, train_rows, val_rows, spec, train_config)
+            result = replace(result, model=refitted)
+        seconds = time.perf_counter() - started
         trials_csv = result.trials.to_csv(index=False)
         mlflow.log_text(trials_csv, "tuning/trials.csv")
         # Logged from the staged folder before it replaces `out`: a store that fails
@@ -458,6 +466,7 @@ def main(
         "default_val_loss": result.default_value,
         "refit_val_loss": round(result.model.report.val_loss, 6),
         "best_step": result.model.report.best_step,
+        "refit_rows": result.model.report.refit_rows,
         "threshold": result.model.threshold,
         "seconds": round(seconds, 3),
         **result.counts,

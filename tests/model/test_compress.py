@@ -54,10 +54,13 @@ def test_compress_exports_checks_and_measures(
     native = load_model(project.root / "models/tuned")
     exported = OnnxModel.from_model(native, (folder / "model.onnx").read_bytes())
     test = pd.read_parquet(project.root / "data/split/test.parquet")
-    tolerance = 0.05 if report["quantized"] else 1e-3
-    np.testing.assert_allclose(
-        exported.predict_raw(test), native.predict_raw(test), rtol=tolerance, atol=tolerance
-    )
+    reference = native.predict_raw(test)
+    if report["quantized"]:
+        # int8 errors scale with the output's range, not with each value.
+        spread = float(np.ptp(reference))
+        np.testing.assert_allclose(exported.predict_raw(test), reference, atol=0.05 * spread)
+    else:
+        np.testing.assert_allclose(exported.predict_raw(test), reference, rtol=1e-3, atol=1e-3)
     meta = json.loads((folder / "model.json").read_text())
     assert meta["onnx"]["quantized"] == report["quantized"]
     assert meta["features"] == native.features.to_dict()

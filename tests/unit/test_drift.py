@@ -353,11 +353,17 @@ def test_empty_window_is_refused() -> None:
         check_drift(profile, window.head(0))
 
 
-def test_column_with_no_values_in_the_window_is_refused() -> None:
+@pytest.mark.parametrize("column", ["b", "d"])
+def test_a_column_with_no_values_in_the_window_has_drifted(column: str) -> None:
+    # A feature that stopped arriving (numeric b, categorical d) is drift, not an error.
     profile, window = half_drifted()
-    window["b"] = np.nan
-    with pytest.raises(DataError, match=r"column 'b' has no values in the current window \(800"):
-        check_drift(profile, window)
+    window[column] = np.nan if column == "b" else None
+    result = check_drift(profile, window)
+    [verdict] = [v for v in result.columns if v.column == column]
+    assert (verdict.method, verdict.drifted) == ("empty", True)
+    assert result.drifted_columns == tuple(sorted(("a", "c", column)))
+    assert result.share == 0.75
+    json.dumps(result.to_dict(), allow_nan=False)  # plain JSON still
 
 
 def test_reference_column_with_no_values_is_refused() -> None:

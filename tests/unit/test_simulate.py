@@ -17,9 +17,14 @@ from tests.conftest import REPO
 
 def test_without_a_hold_out_there_is_nothing_to_replay() -> None:
     params = load_params(REPO / "params.yaml")
-    assert params.data.until is None
+    params = params.model_copy(update={"data": params.data.model_copy(update={"until": None})})
     with pytest.raises(DataError, match=r"data\.until is not set, so no rows were held out"):
         held_out_days(params, weeks=1)
+
+
+def test_the_bike_data_holds_most_of_2012_out_to_replay() -> None:
+    until = load_params(REPO / "params.yaml").data.until
+    assert until is not None and until.isoformat() == "2012-03-31"
 
 
 def test_records_carry_features_key_time_and_an_id() -> None:
