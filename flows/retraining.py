@@ -143,7 +143,11 @@ def _on_drift(
     ledger.finish(
         fingerprint,
         True,
-        {"action": deploy.get("action"), "champion": summary.get("champion")},
+        {
+            "action": deploy.get("action"),
+            "reason": deploy.get("reason"),
+            "champion": summary.get("champion"),
+        },
     )
     return {**outcome, "retrained": True, "landed": landed, "training": summary}
 

@@ -235,12 +235,23 @@ def simulate(
             started = datetime.fromisoformat(decision["time"])
             entry = wait_for_retraining(started, reports)
             outcome.retrainings.append(entry)
-            report(f"retraining: {entry['status']}: {entry.get('reason') or entry}")
+            report(retraining_line(entry))
             champion = _champion_in_registry(params)
             if champion and champion != champion_served(stack):
                 _wait_served(stack, champion, report)
     outcome.champion_after = champion_served(stack)
     return outcome
+
+
+def retraining_line(entry: dict[str, Any]) -> str:
+    """One ledger entry as the line the simulation prints."""
+    status = entry["status"]
+    if status == "done":
+        line = f"retraining: done: {entry.get('action')}: {entry.get('reason')}"
+        return f"{line}; champion v{entry['champion']}" if entry.get("champion") else line
+    if status == "failed":
+        return f"retraining: failed: {entry.get('error')}"
+    return f"retraining: {status}: {entry.get('reason')}"
 
 
 def _store_due(

@@ -56,3 +56,27 @@ def test_simulate_needs_the_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
             day_seconds=0,
             report=print,
         )
+
+
+def test_a_retraining_reads_as_one_line() -> None:
+    from pipeline.simulate import retraining_line
+
+    done = {
+        "status": "done",
+        "action": "promote",
+        "reason": "beats the champion: rmse 86.4 vs champion v1 92.4 (+6.52%, needs +1.00%)",
+        "champion": "2",
+    }
+    assert retraining_line(done) == (
+        "retraining: done: promote: beats the champion: rmse 86.4 vs champion v1 92.4 "
+        "(+6.52%, needs +1.00%); champion v2"
+    )
+    refused = {"status": "refused", "reason": "cooldown: the last retraining started at t"}
+    assert (
+        retraining_line(refused)
+        == "retraining: refused: cooldown: the last retraining started at t"
+    )
+    failed = {"status": "failed", "error": "validate: 2 critical expectation(s) failed"}
+    assert (
+        retraining_line(failed) == "retraining: failed: validate: 2 critical expectation(s) failed"
+    )
