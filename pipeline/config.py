@@ -385,7 +385,8 @@ class SearchRange(Section):
 
 class TuneConfig(Section):
     n_trials: int = Field(default=25, ge=0, description="the study's total; 0: train's params")
-    timeout: float | None = Field(default=120, gt=0, description="seconds for the search")
+    # A safety net only: a budget in seconds makes the study depend on the machine's load.
+    timeout: float | None = Field(default=None, gt=0, description="seconds for the search")
     n_jobs: int = Field(default=1, ge=1, description="parallel trials in this process")
     # SQLite (or any RDB URL) lets several workers share one study; null keeps it in memory.
     storage: str | None = "sqlite:///optuna.db"
