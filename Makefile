@@ -18,7 +18,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 # dvc.yaml's stage commands run `python`: the one in .venv.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run test lint format lock clean-venv
+.PHONY: run test test-fast lint format lock clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,8 +34,16 @@ run: $(VENV)/.installed
 	$(BIN)/dvc repro
 	$(BIN)/dvc metrics show
 
+# pytest-xdist: whole files per worker (their fixtures build once), one thread each.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest
+	$(PYTEST)
+
+# The edit loop: unit, data and serving tests.
+test-fast: $(VENV)/.installed
+	$(PYTEST) tests/unit tests/data tests/serving
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
+import sqlite3
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from filelock import FileLock
 from typer.testing import CliRunner
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,6 +27,25 @@ QUIET = {
     "ORT_DISABLE_TELEMETRY": "1",
     "GX_ANALYTICS_ENABLED": "false",
 }
+
+
+# One thread per process for the numeric libraries: tests run side by side (pytest-xdist),
+# and OpenMP threads that spin on a busy core make a fit many times slower, not faster.
+ONE_THREAD = {
+    name: "1"
+    for name in (
+        "OMP_NUM_THREADS",
+        "MKL_NUM_THREADS",
+        "OPENBLAS_NUM_THREADS",
+        "NUMEXPR_NUM_THREADS",
+    )
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Before any test module imports a numeric library (OpenMP reads these once)."""
+    for name, value in ONE_THREAD.items():
+        os.environ.setdefault(name, value)
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -95,19 +119,145 @@ class Project:
         return digests
 
 
+def test_params(source: Path = FIXTURES / "bike_sharing_2000.csv") -> dict[str, Any]:
+    """The repo's params.yaml on a small slice of real data, sized for tests: a search of
+    3 trials (a budget in trials, never in seconds), one xgboost thread, a quick
+    compress."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"]["source"] = str(source)
+    params["validate"]["min_rows"] = 100
+    params["tune"].update(n_trials=3, timeout=None)
+    params["train"]["xgboost"]["n_jobs"] = 1
+    params["compress"].update(latency_calls=20, latency_rows=500)
+    return params
+
+
+def new_project(root: Path, params: dict[str, Any] | None = None) -> Project:
+    root.mkdir(parents=True)
+    project = Project(root)
+    project.write_params(params if params is not None else test_params())
+    return project
+
+
+def copy_project(template: Project, root: Path) -> Project:
+    """A copy of `template` at `root` that shares nothing with it: the MLflow store's
+    absolute paths (artifact locations, model sources) are rewritten to the copy's."""
+    shutil.copytree(template.root, root, symlinks=True)
+    store = root / "mlflow.db"
+    if store.exists():
+        _rewrite_paths(store, str(template.root), str(root))
+    return Project(root)
+
+
+def _rewrite_paths(database: Path, old: str, new: str) -> None:
+    with contextlib.closing(sqlite3.connect(database)) as connection, connection:
+        tables = [
+            name
+            for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        ]
+        for table in tables:
+            columns = connection.execute(f'PRAGMA table_info("{table}")').fetchall()
+            for column in (
+                c[1] for c in columns if "CHAR" in c[2].upper() or "TEXT" in c[2].upper()
+            ):
+                connection.execute(
+                    f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) '
+                    f'WHERE "{column}" LIKE ?',
+                    (old, new, f"%{old}%"),
+                )
+
+
+@contextlib.contextmanager
+def tracking_in(project: Project) -> Iterator[None]:
+    """MLFLOW_TRACKING_URI at the project's own store while the block runs."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project.root / 'mlflow.db'}")
+        yield
+
+
+def shared_template(
+    factory: pytest.TempPathFactory, name: str, build: Callable[[Path], Project]
+) -> Project:
+    """A template project built once per test session, by whichever pytest-xdist worker
+    asks first (the others wait on the lock and then copy it, read-only)."""
+    base = factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the session's folder, above each worker's own
+    root, done = base / f"template-{name}", base / f"template-{name}.done"
+    with FileLock(str(base / f"template-{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(root, ignore_errors=True)  # a build that failed half-way
+            build(root)
+            done.touch()
+    return Project(root)
+
+
+def _build_data(root: Path) -> Project:
+    project = new_project(root)
+    with tracking_in(project):
+        project.run_data_stages()
+    return project
+
+
+@pytest.fixture(scope="session")
+def data_template(tmp_path_factory: pytest.TempPathFactory) -> Project:
+    """The four data stages run once per session (Great Expectations included)."""
+    return shared_template(tmp_path_factory, "data", _build_data)
+
+
+@pytest.fixture(scope="session")
+def trained_template(data_template: Project, tmp_path_factory: pytest.TempPathFactory) -> Project:
+    """train, tune (3 trials) and evaluate, once per session, with the MLflow runs."""
+
+    def build(root: Path) -> Project:
+        project = copy_project(data_template, root)
+        with tracking_in(project):
+            project.run_stages("train", "tune", "evaluate")
+        return project
+
+    return shared_template(tmp_path_factory, "trained", build)
+
+
+@pytest.fixture(scope="session")
+def shipped_template(
+    trained_template: Project, tmp_path_factory: pytest.TempPathFactory
+) -> Project:
+    """compress and deploy too: version 1 registered as the champion."""
+
+    def build(root: Path) -> Project:
+        project = copy_project(trained_template, root)
+        with tracking_in(project):
+            project.run_stages("compress", "deploy")
+        return project
+
+    return shared_template(tmp_path_factory, "shipped", build)
+
+
+def _use(project: Project, monkeypatch: pytest.MonkeyPatch) -> Project:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project.root / 'mlflow.db'}")
+    return project
+
+
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Project:
     """The repo's params.yaml pointed at a 2,000-row slice of the bike data, with its
-    own MLflow store (so each test starts with an empty registry)."""
-    root = tmp_path / "project"
-    root.mkdir()
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-    shutil.copy(REPO / "params.yaml", root / "params.yaml")
-    project = Project(root)
-    params = project.params()
-    params["data"]["source"] = str(FIXTURES / "bike_sharing_2000.csv")
-    params["validate"]["min_rows"] = 100
-    # A small search, so that tests of the model stages take seconds.
-    params["tune"].update(n_trials=3, timeout=60)
-    project.write_params(params)
-    return project
+    own MLflow store (so each test starts with an empty registry); nothing run yet."""
+    return _use(new_project(tmp_path / "project"), monkeypatch)
+
+
+@pytest.fixture
+def produced(data_template: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Project:
+    """A project whose data stages all ran once on good data (a copy of the template)."""
+    return _use(copy_project(data_template, tmp_path / "produced"), monkeypatch)
+
+
+@pytest.fixture
+def trained(trained_template: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Project:
+    """A project after ingest -> evaluate, with its own MLflow store and empty registry."""
+    return _use(copy_project(trained_template, tmp_path / "trained"), monkeypatch)
+
+
+@pytest.fixture
+def shipped(shipped_template: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Project:
+    """A project after all nine stages: champion version 1 in its own registry."""
+    return _use(copy_project(shipped_template, tmp_path / "shipped"), monkeypatch)

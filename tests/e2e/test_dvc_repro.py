@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import FIXTURES, QUIET, REPO
+from tests.conftest import FIXTURES, QUIET, REPO, test_params
 
 pytestmark = pytest.mark.e2e
 
@@ -72,11 +72,7 @@ def dvc_project(tmp_path_factory: pytest.TempPathFactory) -> DvcProject:
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     (root / "data" / "landing").mkdir(parents=True)
     (root / "data" / "landing" / ".gitkeep").touch()
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["data"]["source"] = str(FIXTURES / "bike_sharing_2000.csv")
-    params["validate"]["min_rows"] = 100
-    params["tune"].update(n_trials=3, timeout=60)
-    params["compress"].update(latency_calls=20, latency_rows=500)
+    params = test_params()
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     project = DvcProject(root)
     project.dvc("init", "--no-scm", "-q")

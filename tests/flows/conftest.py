@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import FIXTURES, QUIET, REPO
+from tests.conftest import QUIET, REPO, test_params
 
 STARTUP_TIMEOUT = 90.0
 
@@ -180,15 +180,9 @@ class FlowProject:
 
 
 def driftline_params(**orchestrate: object) -> dict[str, Any]:
-    """The repo's params.yaml on the 2,000-row bike slice, with a small search."""
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["data"]["source"] = str(FIXTURES / "bike_sharing_2000.csv")
-    params["validate"]["min_rows"] = 100
-    params["tune"].update(n_trials=2, timeout=60)
-    # One thread: on two shared cores, xgboost's spinning OpenMP threads can make a
-    # 6 s fit take 45 s when another process holds a core.
-    params["train"]["xgboost"]["n_jobs"] = 1
-    params["compress"].update(latency_calls=20, latency_rows=500)
+    """The test params (tests/conftest.py) with a 2-trial search and `orchestrate` set."""
+    params = test_params()
+    params["tune"]["n_trials"] = 2
     params["orchestrate"].update(orchestrate)
     return params
 

@@ -20,8 +20,9 @@ from tests.unit.test_bad_input import assert_one_clear_line
     [("xgboost", {}), ("torch", {"max_epochs": 4}), ("sklearn", {"estimator": "linear"})],
 )
 def test_compress_exports_checks_and_measures(
-    project: Project, family: str, settings: dict
+    produced: Project, family: str, settings: dict
 ) -> None:
+    project = produced
     params = project.params()
     params["train"]["model"] = family
     params["train"][family].update(settings)
@@ -29,7 +30,6 @@ def test_compress_exports_checks_and_measures(
     params["evaluate"]["floors"] = {}
     params["compress"].update(latency_calls=20, latency_rows=500)
     project.write_params(params)
-    project.run_data_stages()
     project.run_stages(*MODEL_STAGES, "compress")
 
     report = read(project, "reports/compression.json")
@@ -93,8 +93,8 @@ def test_an_export_that_scores_worse_than_the_tolerance_is_refused() -> None:
         check_drop("roc_auc", 0.8, math.nan, 0.5)  # an export that cannot be scored
 
 
-def test_compress_before_evaluate(project: Project) -> None:
-    project.run_data_stages()
+def test_compress_before_evaluate(produced: Project) -> None:
+    project = produced
     result = project.run("compress")
     assert result.exit_code == 1
     assert_one_clear_line(result.stderr, "reports/gate.json does not exist: run the evaluate stage")

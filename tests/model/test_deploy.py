@@ -33,16 +33,16 @@ def records(project: Project) -> list[dict]:
 
 
 def ready_to_ship(project: Project) -> None:
-    """Data stages run; untuned, no floors and a quick compress, so each ship is fast."""
+    """Untuned, no floors and a quick compress, so each ship is fast."""
     params = project.params()
     params["tune"]["n_trials"] = 0
     params["evaluate"]["floors"] = {}
     params["compress"].update(latency_calls=20, latency_rows=500)
     project.write_params(params)
-    project.run_data_stages()
 
 
-def test_the_champion_moves_only_through_the_gate_and_rolls_back(project: Project) -> None:
+def test_the_champion_moves_only_through_the_gate_and_rolls_back(produced: Project) -> None:
+    project = produced
     ready_to_ship(project)
 
     # The first model passes on the floors alone and becomes champion v1.
@@ -98,7 +98,8 @@ def test_the_champion_moves_only_through_the_gate_and_rolls_back(project: Projec
     assert len(tags["driftline.model_sha256"]) == 64
 
 
-def test_a_gate_decided_against_another_champion_is_not_trusted(project: Project) -> None:
+def test_a_gate_decided_against_another_champion_is_not_trusted(produced: Project) -> None:
+    project = produced
     ready_to_ship(project)
     project.run_stages("train", "tune", "evaluate", "compress", "deploy")  # champion v1
     train_with(project, 50)  # a different model: evaluated against v1 ...

@@ -30,13 +30,6 @@ def make_champion(project: Project) -> str:
     return version
 
 
-@pytest.fixture
-def trained(project: Project) -> Project:
-    project.run_data_stages()
-    project.run_stages(*MODEL_STAGES)
-    return project
-
-
 def test_first_model_is_judged_on_the_floors_alone(trained: Project) -> None:
     gate = read(trained, "reports/gate.json")
     assert gate["passed"] and gate["reason"].startswith("no champion yet")

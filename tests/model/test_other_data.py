@@ -21,14 +21,14 @@ EXAMPLES = REPO / "examples"
         ("sklearn", {"estimator": "linear"}),
     ],
 )
-def test_other_families_run_by_params(project: Project, family: str, settings: dict) -> None:
+def test_other_families_run_by_params(produced: Project, family: str, settings: dict) -> None:
+    project = produced
     params = project.params()
     params["train"]["model"] = family
     params["train"][family].update(settings)
     params["tune"].update(n_trials=2)
     params["evaluate"]["floors"] = {}
     project.write_params(params)
-    project.run_data_stages()
     project.run_stages(*MODEL_STAGES)
     assert read(project, "reports/train.json")["family"] == family
     assert read(project, "reports/tuning/summary.json")["trials"] == 2
@@ -50,7 +50,7 @@ def test_classification_data_sets_by_params(
     params = yaml.safe_load((EXAMPLES / example).read_text())
     params["data"]["source"] = str(FIXTURES / fixture)
     params["validate"]["min_rows"] = 2500
-    params["tune"].update(n_trials=3, timeout=60)
+    params["tune"].update(n_trials=3, timeout=None)
     project.write_params(params)
     project.run_data_stages()
     project.run_stages(*MODEL_STAGES)

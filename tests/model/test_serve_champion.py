@@ -32,7 +32,8 @@ def call(url: str, body: dict | None = None) -> dict:
         return json.loads(response.read())
 
 
-def test_serve_reloads_the_champion_and_logs_predictions(project: Project) -> None:
+def test_serve_reloads_the_champion_and_logs_predictions(produced: Project) -> None:
+    project = produced
     ready_to_ship(project)
     train_with(project, 3)  # v1
     train_with(project, 2000)  # v2 beats it: champion v2, previous v1

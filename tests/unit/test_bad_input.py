@@ -68,13 +68,6 @@ VALIDATE_REFUSES = [
 ]  # fmt: skip
 
 
-@pytest.fixture
-def produced(project: Project) -> Project:
-    """A project whose data stages all ran once on good data."""
-    project.run_data_stages()
-    return project
-
-
 def assert_one_clear_line(stderr: str, expected: str) -> None:
     assert "Traceback" not in stderr
     lines = stderr.strip().splitlines()

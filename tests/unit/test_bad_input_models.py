@@ -4,40 +4,12 @@ last good model, metrics and plots left exactly as they were."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import FIXTURES, REPO, Project
+from tests.conftest import Project
 from tests.unit.test_bad_input import assert_one_clear_line
-
-
-@pytest.fixture(scope="module")
-def trained_once(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
-    root = tmp_path_factory.mktemp("bad-models")
-    shutil.copy(REPO / "params.yaml", root / "params.yaml")
-    project = Project(root)
-    params = project.params()
-    params["data"]["source"] = str(FIXTURES / "bike_sharing_2000.csv")
-    params["validate"]["min_rows"] = 100
-    params["tune"].update(n_trials=2)
-    project.write_params(params)
-    saved = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
-    project.run_stages("ingest", "validate", "clean", "split", "train", "tune", "evaluate")
-    yield project
-    if saved is not None:
-        os.environ["MLFLOW_TRACKING_URI"] = saved
-
-
-@pytest.fixture
-def trained(trained_once: Project) -> Iterator[Project]:
-    """The trained project; each test's changes to params.yaml are undone after it."""
-    params = trained_once.params_path.read_text()
-    yield trained_once
-    trained_once.params_path.write_text(params)
 
 
 def refuses(project: Project, stages: tuple[str, ...], code: int, expected: str) -> None:
@@ -101,42 +73,34 @@ def test_an_optuna_storage_that_cannot_open(trained: Project) -> None:
     refuses(trained, ("tune",), 2, "tune.storage: cannot open 'nosuchdb://x/y'")
 
 
-def test_model_stages_before_their_inputs(project: Project) -> None:
+def test_model_stages_before_their_inputs(project: Project, produced: Project) -> None:
     for stage in ("train", "tune", "evaluate"):
         result = project.run(stage)
         assert result.exit_code == 1
         assert_one_clear_line(result.stderr, "run the ingest stage first")
-    project.run_data_stages()
-    (project.root / "data/split/val.parquet").unlink()
+    (produced.root / "data/split/val.parquet").unlink()
     for stage in ("train", "tune", "evaluate"):
-        result = project.run(stage)
+        result = produced.run(stage)
         assert result.exit_code == 1
         assert_one_clear_line(result.stderr, "val.parquet does not exist: run the split stage")
 
 
 def test_evaluate_without_a_tuned_model(trained: Project) -> None:
     shutil.move(trained.root / "reports/tuning", trained.root / "tuning-aside")
-    try:
-        refuses(
-            trained,
-            ("evaluate",),
-            1,
-            "reports/tuning/summary.json does not exist: run the tune stage first",
-        )
-    finally:
-        shutil.move(trained.root / "tuning-aside", trained.root / "reports/tuning")
+    refuses(
+        trained,
+        ("evaluate",),
+        1,
+        "reports/tuning/summary.json does not exist: run the tune stage first",
+    )
 
 
 def test_a_tune_run_missing_from_the_store(trained: Project) -> None:
     summary_path = trained.root / "reports/tuning/summary.json"
-    original = summary_path.read_text()
-    summary = json.loads(original)
+    summary = json.loads(summary_path.read_text())
     summary["run_id"] = "0" * 32
     summary_path.write_text(json.dumps(summary))
-    try:
-        refuses(trained, ("evaluate",), 1, f"the tune run {'0' * 32} is not in the MLflow store")
-    finally:
-        summary_path.write_text(original)
+    refuses(trained, ("evaluate",), 1, f"the tune run {'0' * 32} is not in the MLflow store")
 
 
 @pytest.mark.parametrize("stage", ["train", "tune"])
