@@ -153,16 +153,3 @@ def test_bad_source_fails_and_keeps_every_output(dvc_project: DvcProject) -> Non
     # Back to the locked source: the failed run changed nothing, so nothing is left to do.
     dvc_project.edit_params("data", "source", str(FIXTURES / "bike_sharing_2000.csv"))
     assert dvc_project.ran(dvc_project.dvc("repro").stdout) == {"deploy"}
-
-
-def test_labelled_batch_in_landing_reaches_the_split(dvc_project: DvcProject) -> None:
-    batch = pd.read_csv(REPO / "pipeline/datasets/bike_sharing/hour.csv").iloc[2000:2100]
-    batch.to_parquet(dvc_project.root / "data/landing/2011-03-25.parquet", index=False)
-    rerun = dvc_project.dvc("repro")
-    assert dvc_project.ran(rerun.stdout) == set(STAGES)
-    parts = [
-        pd.read_parquet(dvc_project.root / f"data/split/{p}.parquet")
-        for p in ("train", "val", "test")
-    ]
-    assert sum(len(part) for part in parts) == 2100
-    assert parts[2]["instant"].max() == 2100  # the newest rows are the test period

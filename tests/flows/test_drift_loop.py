@@ -4,8 +4,9 @@ pool, and `driftline serve` as a real process:
 - a window with no drift emits no event and starts no retraining;
 - drifted traffic with late labels: the monitor emits `driftline.drift.detected`, the
   trigger starts exactly one retraining, which lands the labelled rows, retrains and
-  promotes a new champion (`trigger: drift`), and the running server reloads it with
-  no failed request;
+  promotes a new champion (`trigger: drift`), the landed rows reach the split (the
+  newest are the test period), and the running server reloads it with no failed
+  request;
 - one more alert for the same window (a duplicate) starts no other retraining (the
   ten-alerts rule itself is unit-tested in tests/unit/test_retraining_guards.py).
 
@@ -38,7 +39,7 @@ from tests.flows.conftest import FlowProject, driftline_params, dvc, free_port, 
 pytestmark = pytest.mark.e2e
 
 HOUR_CSV = REPO / "pipeline/datasets/bike_sharing/hour.csv"
-TIMEOUT = 420.0
+TIMEOUT = 900.0  # a safety net: the retraining takes about a minute on a quiet machine
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +186,7 @@ def test_drift_retrains_once_and_serving_reloads(
     answered: list[str] = []  # the model version of every answer during the reload
     stop_traffic = threading.Event()
     try:
-        wait_for(lambda: _health(server), "the server", server_log, timeout=120)
+        wait_for(lambda: _health(server), "the server", server_log, timeout=300)
         features = get(f"{server}/model")["features"]
         bike = pd.read_csv(HOUR_CSV)
 
@@ -193,7 +194,7 @@ def test_drift_retrains_once_and_serving_reloads(
         calm_start = datetime.now(UTC)
         calm_rows = bike.iloc[:1400].sample(n=600, random_state=0)  # the training period
         send(server, requests_for(calm_rows, features, "calm"))
-        time.sleep(3)  # the log is flushed every 2 s
+        wait_for(lambda: logged(root) == 600, "the log to hold the calm rows", server_log)
         calm = monitoring_flow(str(root), now=_now(), window_hours=_hours_since(calm_start))
         assert calm["window"]["rows"] == 600 and calm["drift"] is False, calm["reasons"]
 
@@ -210,7 +211,7 @@ def test_drift_retrains_once_and_serving_reloads(
                 "time": _now(),
             }
         ).to_csv(labels, index=False)
-        time.sleep(3)
+        wait_for(lambda: logged(root) == 1800, "the log to hold the summer rows", server_log)
         labelled = subprocess.run(
             [driftline, "label", str(labels)], cwd=root, env=env, capture_output=True, text=True
         )
@@ -239,6 +240,12 @@ def test_drift_retrains_once_and_serving_reloads(
         record = json.loads((root / "reports/promotions.jsonl").read_text().splitlines()[-1])
         assert record["trigger"] == "drift" and record["action"] == "promote"
         assert (root / f"data/landing/production-{fingerprint}.parquet").exists()
+        # The landed rows reached the split, and the newest of them are the test period.
+        parts = [
+            pd.read_parquet(root / f"data/split/{p}.parquet") for p in ("train", "val", "test")
+        ]
+        assert sum(len(part) for part in parts) == 2000 + len(summer)
+        assert parts[2]["instant"].max() == summer["instant"].max()
         wait_for(lambda: _health(server) == "2", "the server to reload v2", server_log)
 
         # One more alert for the same window: a duplicate, refused.
@@ -286,6 +293,14 @@ def test_drift_retrains_once_and_serving_reloads(
             stop(process)
     assert failures == []
     assert {"1", "2"} <= set(answered)  # answers from both versions, none failed
+
+
+def logged(root: Path) -> int:
+    """Rows in the prediction log (the server flushes it every 2 s)."""
+    from pipeline.prediction_log import read_predictions
+
+    log = root / "data/production"
+    return len(read_predictions(log)) if log.exists() else 0
 
 
 def _health(server: str) -> str | None:

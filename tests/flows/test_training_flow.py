@@ -28,7 +28,7 @@ STAGES = ["ingest", "validate", "clean", "split", "train", "tune", "evaluate", "
 BUG = "open('evaluate-attempts.txt', 'a').write('x')\nraise RuntimeError('a bug in evaluate')\n\n"
 
 
-def task_runs(flow_run_id: UUID, expected: int, timeout: float = 30) -> dict[str, Any]:
+def task_runs(flow_run_id: UUID, expected: int, timeout: float = 120) -> dict[str, Any]:
     """The flow run's task runs by name, once the server has recorded them all
     (task runs reach the server as events, a moment after they finish)."""
     from prefect.client.orchestration import get_client

@@ -27,6 +27,8 @@ def test_other_families_run_by_params(produced: Project, family: str, settings: 
     params["train"]["model"] = family
     params["train"][family].update(settings)
     params["tune"].update(n_trials=2)
+    # The forest's trials grow as many trees as train's (the default space reaches 500).
+    params["tune"]["search_space"]["sklearn"]["n_estimators"] = {"low": 20, "high": 60, "step": 20}
     params["evaluate"]["floors"] = {}
     project.write_params(params)
     project.run_stages(*MODEL_STAGES)

@@ -49,7 +49,8 @@ def test_serve_reloads_the_champion_and_logs_predictions(produced: Project) -> N
         text=True,
     )
     try:
-        for _ in range(120):
+        deadline = time.monotonic() + 300  # a safety net for a busy machine
+        while time.monotonic() < deadline:
             try:
                 if call(f"{base}/health")["status"] == "ok":
                     break
@@ -78,7 +79,7 @@ def test_serve_reloads_the_champion_and_logs_predictions(produced: Project) -> N
         worker = threading.Thread(target=hammer)
         worker.start()
         assert project.run("rollback", "--reason", "test").exit_code == 0  # champion v1
-        deadline = time.time() + 30
+        deadline = time.time() + 300
         while call(f"{base}/health")["model_version"] != "1" and time.time() < deadline:
             time.sleep(0.2)
         time.sleep(0.5)

@@ -67,17 +67,22 @@ def test_the_flusher_writes_on_time_and_when_the_buffer_fills(tmp_path: Path) ->
     try:
         timed.append([row("a", DAY)])
         full.append([row("a", DAY), row("b", DAY)])
-        deadline = time.monotonic() + 5
-        while timed.pending or full.pending:
+        # Far above the 0.05 s it takes: a safety net for a busy machine.
+        deadline = time.monotonic() + 60
+        while timed.pending or full.pending or not _written(tmp_path, ("timed", "full")):
             assert time.monotonic() < deadline, "the flusher never wrote"
             time.sleep(0.02)
-        time.sleep(0.1)  # the write ends with the rename
         assert len(read_predictions(tmp_path / "timed")) == 1
         assert len(read_predictions(tmp_path / "full")) == 2
     finally:
         timed.close()
         full.close()
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def _written(root: Path, logs: tuple[str, ...]) -> bool:
+    """Each log has a finished part file (a write ends with the rename)."""
+    return all(any((root / log).rglob("*.parquet")) for log in logs)
 
 
 def test_a_failing_store_keeps_the_rows_for_a_retry(tmp_path: Path) -> None:

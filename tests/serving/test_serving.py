@@ -320,7 +320,7 @@ def test_polling_picks_up_a_new_version(folders: dict[str, Path]) -> None:
         assert client.get("/health").json()["model_version"] == "v0"
         broken["now"] = False
         source.wanted = "v7"
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 60  # a safety net for a busy machine
         while client.get("/health").json()["model_version"] != "v7":
             assert time.monotonic() < deadline, "the poll never reloaded"
             time.sleep(0.05)
