@@ -7,6 +7,7 @@ import hashlib
 import os
 import shutil
 import sqlite3
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,10 +43,24 @@ ONE_THREAD = {
 }
 
 
+CACHES = pytest.StashKey[Path]()
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    """Before any test module imports a numeric library (OpenMP reads these once)."""
+    """Before any test module imports a library: one thread each (OpenMP reads these
+    once), and the caches libraries keep under ~ (matplotlib's fonts, onnxruntime's
+    device id) in a folder of this process's own, so that tests leave nothing in ~."""
     for name, value in ONE_THREAD.items():
         os.environ.setdefault(name, value)
+    caches = Path(tempfile.mkdtemp(prefix="driftline-test-caches-"))
+    config.stash[CACHES] = caches
+    os.environ["XDG_CACHE_HOME"] = str(caches / "cache")
+    os.environ["XDG_CONFIG_HOME"] = str(caches / "config")
+    os.environ["MPLCONFIGDIR"] = str(caches / "matplotlib")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(config.stash.get(CACHES, ""), ignore_errors=True)
 
 
 @pytest.fixture(autouse=True, scope="session")
