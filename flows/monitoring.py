@@ -1,7 +1,9 @@
 """The monitoring flow: the newest window of production traffic against the reference.
 
 It reads `monitor.window_hours` of the prediction log with the labels that have
-arrived, and compares the window with `data/reference` (saved at `split`):
+arrived, and compares the window with the champion's reference: the sample and drift
+profile `split` drew for the champion, registered with it by `deploy` (never this
+checkout's `data/reference`, which a refused candidate may have replaced):
 
 - **the decision** comes from the fast drift check (`pipeline.drift.check_drift`, over
   the profile `split` precomputed) and, once enough labels are in, the champion's
@@ -32,8 +34,6 @@ from prefect.cache_policies import NO_CACHE
 from pipeline.prediction_log import is_sql_url
 
 DRIFT_EVENT = "driftline.drift.detected"
-REFERENCE = "data/reference/reference.parquet"
-PROFILE = "data/reference/drift_profile"
 PREDICTION = "prediction"
 
 _TASK = {"cache_policy": NO_CACHE, "persist_result": False}
@@ -48,23 +48,19 @@ def read_window(log: str, hours: float, now: datetime) -> Any:
 
 @task(name="load champion", **_TASK)
 def load_champion(params: Any) -> Any:
-    """The model the window was served by: the registry's champion, as serving loads it
-    (into memory: the downloaded files go when it is loaded)."""
-    import tempfile
-
-    from pipeline.served_champion import champion_source
+    """The model the window was served by, the registry's champion as serving loads it,
+    with the reference registered with it (into memory: the downloaded files go)."""
+    from pipeline.served_champion import monitored_champion
     from pipeline.tracking import start_tracking
 
     start_tracking(params.mlflow)
-    with tempfile.TemporaryDirectory(prefix="driftline-monitor-") as cache:
-        return champion_source(params.mlflow, Path(cache))()
+    return monitored_champion(params.mlflow)
 
 
 @task(name="fast drift check", **_TASK)
-def fast_check(root: Path, window: Any, drift_share: float) -> Any:
-    from pipeline.drift import check_drift, read_profile
+def fast_check(profile: Any, window: Any, drift_share: float) -> Any:
+    from pipeline.drift import check_drift
 
-    profile = read_profile(root / PROFILE)
     return check_drift(profile, window.features(profile.names), drift_share)
 
 
@@ -72,7 +68,7 @@ def fast_check(root: Path, window: Any, drift_share: float) -> Any:
 def quality(window: Any, champion: Any, min_labelled: int) -> Any:
     from pipeline.monitoring import quality_check
 
-    meta = champion.meta
+    meta = champion.served.meta
     metric = (meta.get("onnx") or {}).get("metric") or "rmse"
     reference = (meta.get("metrics") or {}).get(metric)
     return quality_check(
@@ -85,14 +81,10 @@ def evidently_report(
     root: Path, folder: Path, window: Any, champion: Any, drift_share: float, workspace: str
 ) -> dict[str, str]:
     """The report for people: HTML and JSON in `folder`, and a run in the workspace."""
-    import pandas as pd
-
     from pipeline.drift import evidently_report as build
-    from pipeline.drift import read_profile
 
-    profile = read_profile(root / PROFILE)
-    reference = pd.read_parquet(root / REFERENCE)
-    predicted = champion.model.predict(reference)
+    profile, reference = champion.profile, champion.reference
+    predicted = champion.served.model.predict(reference)
     reference = reference.assign(**{PREDICTION: predicted})
     current = window.features(profile.names).assign(**{PREDICTION: _window_predictions(window)})
     snapshot = build(
@@ -223,11 +215,11 @@ def _monitor(
     from pipeline.monitoring import decide
 
     champion = load_champion(params)
-    drift = fast_check(root, window, config.drift_share)
+    drift = fast_check(champion.profile, window, config.drift_share)
     checked = quality(window, champion, config.min_labelled_rows)
     decision = decide(drift, checked, config)
     record.update(decision.to_dict())
-    record.update(model_version=champion.version, columns=drift.to_dict()["columns"])
+    record.update(model_version=champion.served.version, columns=drift.to_dict()["columns"])
     logger = get_run_logger()
     # The report and the MLflow run are for people: if either fails, the decision is
     # still recorded and acted on.

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 CHAMPION = "champion"
 PREVIOUS = "previous"
+REFERENCE_SAMPLE = "reference.parquet"  # split's file name in data/reference
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,9 @@ class RegisteredModel:
     tags: dict[str, str]
     directory: Path
     onnx_directory: Path | None = None
+    # The reference sample and drift profile split drew for this model (deploy registers
+    # them with it), so the monitor compares with the champion's, not a checkout's.
+    reference_directory: Path | None = None
 
     def load(self) -> TabularModel:
         from pipeline.models import load_model
@@ -65,6 +69,7 @@ def fetch_alias(config: MlflowConfig, alias: str, into: Path) -> RegisteredModel
     folders = [path.parent for path in sorted(local.rglob("model.json"))]
     native = [folder for folder in folders if not (folder / "model.onnx").exists()]
     exported = [folder for folder in folders if (folder / "model.onnx").exists()]
+    references = [path.parent for path in sorted(local.rglob(REFERENCE_SAMPLE))]
     if not native:
         raise DataError(
             f"registry version {version.version} of {config.registered_model!r} holds no "
@@ -77,6 +82,7 @@ def fetch_alias(config: MlflowConfig, alias: str, into: Path) -> RegisteredModel
         tags=dict(version.tags or {}),
         directory=native[0],
         onnx_directory=exported[0] if exported else None,
+        reference_directory=references[0] if references else None,
     )
 
 

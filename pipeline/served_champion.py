@@ -3,6 +3,8 @@
 `champion_source` downloads the version the `champion` alias points at and loads its
 ONNX folder (never a pickle), with the metrics and data version the version was
 registered with. `champion_version` is the cheap check the server polls.
+`monitored_champion` adds the reference sample and drift profile registered with the
+version, which the monitor compares production windows with.
 """
 
 from __future__ import annotations
@@ -18,9 +20,18 @@ from typing import TYPE_CHECKING
 from pipeline.config import MlflowConfig
 from pipeline.errors import DataError
 from pipeline.promotions import RegistryError
-from pipeline.registry import CHAMPION, alias_version, fetch_alias
+from pipeline.registry import (
+    CHAMPION,
+    REFERENCE_SAMPLE,
+    RegisteredModel,
+    alias_version,
+    fetch_alias,
+)
 
 if TYPE_CHECKING:
+    import pandas as pd
+
+    from pipeline.drift import DriftProfile
     from pipeline.serving import ServedModel
 
 
@@ -36,26 +47,61 @@ def champion_source(config: MlflowConfig, cache: Path | None = None) -> Callable
     cache = Path(cache or tempfile.mkdtemp(prefix="driftline-serve-"))
 
     def load() -> ServedModel:
-        from pipeline.serving import load_served_model
-
-        champion = fetch_alias(config, CHAMPION, cache / uuid.uuid4().hex)
-        if champion is None:
-            raise RegistryError(
-                f"{config.registered_model!r} has no champion yet: run the pipeline "
-                "(make run) so that deploy registers one"
-            )
-        if champion.onnx_directory is None:
-            raise DataError(
-                f"champion v{champion.version} has no ONNX export: deploy it again "
-                "(dvc repro -f -s deploy)"
-            )
-        served = load_served_model(
-            champion.onnx_directory, champion.version, native=champion.directory
-        )
-        registered = {
-            "metrics": json.loads(champion.tags.get("driftline.metrics", "{}")),
-            "data_version": champion.tags.get("driftline.data_version"),
-        }
-        return dataclasses.replace(served, meta={**served.meta, **registered})
+        return _fetch_champion(config, cache / uuid.uuid4().hex)[1]
 
     return load
+
+
+@dataclasses.dataclass(frozen=True)
+class MonitoredChampion:
+    """The champion as the monitor needs it: the served model, and the reference sample
+    and drift profile registered with it (never a checkout's `data/reference`, which a
+    refused candidate's split may have replaced)."""
+
+    served: ServedModel
+    profile: DriftProfile
+    reference: pd.DataFrame
+
+
+def monitored_champion(config: MlflowConfig) -> MonitoredChampion:
+    """Download the champion, load it and its reference into memory, delete the files."""
+    import pandas as pd
+
+    from pipeline.drift import read_profile
+
+    with tempfile.TemporaryDirectory(prefix="driftline-monitor-") as cache:
+        registered, served = _fetch_champion(config, Path(cache))
+        folder = registered.reference_directory
+        if folder is None:
+            raise DataError(
+                f"champion v{registered.version} was registered without its reference "
+                "sample (by an older Driftline): promote a new version so that the monitor "
+                "compares with the champion's own reference"
+            )
+        return MonitoredChampion(
+            served,
+            read_profile(folder / "drift_profile"),
+            pd.read_parquet(folder / REFERENCE_SAMPLE),
+        )
+
+
+def _fetch_champion(config: MlflowConfig, into: Path) -> tuple[RegisteredModel, ServedModel]:
+    from pipeline.serving import load_served_model
+
+    champion = fetch_alias(config, CHAMPION, into)
+    if champion is None:
+        raise RegistryError(
+            f"{config.registered_model!r} has no champion yet: run the pipeline "
+            "(make run) so that deploy registers one"
+        )
+    if champion.onnx_directory is None:
+        raise DataError(
+            f"champion v{champion.version} has no ONNX export: deploy it again "
+            "(dvc repro -f -s deploy)"
+        )
+    served = load_served_model(champion.onnx_directory, champion.version, native=champion.directory)
+    registered = {
+        "metrics": json.loads(champion.tags.get("driftline.metrics", "{}")),
+        "data_version": champion.tags.get("driftline.data_version"),
+    }
+    return champion, dataclasses.replace(served, meta={**served.meta, **registered})

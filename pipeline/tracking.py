@@ -177,6 +177,7 @@ def log_model(
     example: pd.DataFrame,
     onnx_dir: Path | None = None,
     name: str = "model",
+    reference_dir: Path | None = None,
 ) -> str:
     """Log the model folder as an MLflow pyfunc model that takes raw columns.
 
@@ -197,6 +198,8 @@ def log_model(
     artifacts = {"model": str(model_dir)}
     if onnx_dir is not None:
         artifacts["onnx"] = str(onnx_dir)  # what serving loads
+    if reference_dir is not None:
+        artifacts["reference"] = str(reference_dir)  # what the monitor compares with
     info = mlflow.pyfunc.log_model(
         name=name,
         python_model=str(Path(__file__).with_name("mlflow_model.py")),

@@ -1,7 +1,8 @@
 """deploy: register the candidate and move `champion` to it, only if the gate passed.
 
-The registered version carries both the native model and its ONNX export, tagged
-with the git commit, the data version, the model's hash and its test metrics. The
+The registered version carries the native model, its ONNX export and the reference
+sample and drift profile split drew for it (what the monitor compares production with),
+tagged with the git commit, the data version, the model's hash and its test metrics. The
 old champion becomes `previous`. Every outcome, a promotion or a refusal with its
 numbers, is a line in `reports/promotions.jsonl`; `reports/deploy.json` holds the last.
 
@@ -77,6 +78,9 @@ def main(
         "reports/tuning/summary.json"
     ),
     split: Annotated[Path, typer.Option(help="The split (an input example).")] = Path("data/split"),
+    reference: Annotated[
+        Path, typer.Option(help="The monitor's reference sample and drift profile.")
+    ] = Path("data/reference"),
     report: Annotated[Path, typer.Option(help="This run's decision.")] = Path(
         "reports/deploy.json"
     ),
@@ -87,6 +91,10 @@ def main(
     run_id = read_json(tuning, "tune")["run_id"]
     if not (compressed / "model.onnx").exists():
         raise DataError(f"{compressed}/model.onnx does not exist: run the compress stage first")
+    if not (reference / "reference.parquet").exists() or not (reference / "drift_profile").is_dir():
+        raise DataError(
+            f"{reference} holds no reference sample and drift profile: run the split stage first"
+        )
     candidate_sha = folder_digest(model)
 
     from pipeline import promotions, tracking
@@ -108,7 +116,12 @@ def main(
             example = read_stage_input(split / "val.parquet", "split")
             with mlflow.start_run(run_id=run_id) as run:
                 uri = tracking.log_model(
-                    load_model(model), model, example, onnx_dir=compressed, name="deployable"
+                    load_model(model),
+                    model,
+                    example,
+                    onnx_dir=compressed,
+                    name="deployable",
+                    reference_dir=reference,
                 )
                 tags = {
                     "driftline.model_sha256": candidate_sha,

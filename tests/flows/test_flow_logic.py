@@ -212,6 +212,35 @@ def test_a_failing_mlflow_run_still_records_and_signals_the_decision(
     assert len(emitted("driftline.drift.detected")) == 1
 
 
+def test_the_monitor_compares_with_the_champions_reference_not_the_checkouts(
+    monitored: Project, emitted: Any
+) -> None:
+    """After a retraining whose split drew a new reference and whose candidate the gate
+    refused, `data/reference` is the refused candidate's: the monitor must not read it."""
+    from pipeline.drift import build_profile, read_profile, write_profile
+
+    folder = monitored.root / "data/reference"
+    champions = pd.read_parquet(folder / "reference.parquet")
+    profile = read_profile(folder / "drift_profile")
+    calm = champions.sample(n=150, random_state=1)  # traffic like the champion's reference
+    log_traffic(monitored, calm, NOW - timedelta(minutes=5))
+    # The refused candidate's split: a reference far from what the champion saw.
+    shifted = champions.assign(**{name: champions[name] * 3 + 7 for name in profile.numeric})
+    shutil.rmtree(folder)
+    folder.mkdir()
+    shifted.to_parquet(folder / "reference.parquet")
+    write_profile(
+        build_profile(shifted, profile.numeric, profile.categorical), folder / "drift_profile"
+    )
+
+    record = monitor(monitored)
+
+    assert record["drift"] is False, record["reasons"]
+    assert record["model_version"] == "1" and record["drift_share"] < 0.5
+    assert record["files"] is not None  # the report, too, used the champion's reference
+    assert emitted("driftline.drift.detected") == []
+
+
 # --- retraining -----------------------------------------------------------------------
 
 
