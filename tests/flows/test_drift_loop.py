@@ -34,7 +34,15 @@ import pandas as pd
 import pytest
 
 from tests.conftest import QUIET, REPO, Project, copy_project
-from tests.flows.conftest import FlowProject, driftline_params, dvc, free_port, git, stop
+from tests.flows.conftest import (
+    SERVER_SERVICES_OFF,
+    FlowProject,
+    driftline_params,
+    dvc,
+    free_port,
+    git,
+    stop,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -345,7 +353,11 @@ def test_up_starts_the_loop_and_down_stops_it(
     from pipeline.stack import Stack, alive
 
     root = loop_project.root
-    env = {**environment(loop_project, "unused"), "PREFECT_HOME": str(root / ".prefect")}
+    env = {
+        **environment(loop_project, "unused"),
+        **SERVER_SERVICES_OFF,
+        "PREFECT_HOME": str(root / ".prefect"),
+    }
     env.pop("PREFECT_API_URL")
     driftline = str(Path(sys.executable).parent / "driftline")
     port, prefect_port = free_port(), free_port()
