@@ -15,7 +15,7 @@ import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from pipeline.config import MlflowConfig
 from pipeline.errors import DataError
@@ -47,7 +47,7 @@ def champion_source(config: MlflowConfig, cache: Path | None = None) -> Callable
     cache = Path(cache or tempfile.mkdtemp(prefix="driftline-serve-"))
 
     def load() -> ServedModel:
-        return _fetch_champion(config, cache / uuid.uuid4().hex)[1]
+        return _fetch_champion(config, cache / uuid.uuid4().hex).served
 
     return load
 
@@ -70,22 +70,27 @@ def monitored_champion(config: MlflowConfig) -> MonitoredChampion:
     from pipeline.drift import read_profile
 
     with tempfile.TemporaryDirectory(prefix="driftline-monitor-") as cache:
-        registered, served = _fetch_champion(config, Path(cache))
-        folder = registered.reference_directory
+        fetched = _fetch_champion(config, Path(cache))
+        folder = fetched.registered.reference_directory
         if folder is None:
             raise DataError(
-                f"champion v{registered.version} was registered without its reference "
+                f"champion v{fetched.registered.version} was registered without its reference "
                 "sample (by an older Driftline): promote a new version so that the monitor "
                 "compares with the champion's own reference"
             )
         return MonitoredChampion(
-            served,
+            fetched.served,
             read_profile(folder / "drift_profile"),
             pd.read_parquet(folder / REFERENCE_SAMPLE),
         )
 
 
-def _fetch_champion(config: MlflowConfig, into: Path) -> tuple[RegisteredModel, ServedModel]:
+class FetchedChampion(NamedTuple):
+    registered: RegisteredModel
+    served: ServedModel
+
+
+def _fetch_champion(config: MlflowConfig, into: Path) -> FetchedChampion:
     from pipeline.serving import load_served_model
 
     champion = fetch_alias(config, CHAMPION, into)
@@ -104,4 +109,6 @@ def _fetch_champion(config: MlflowConfig, into: Path) -> tuple[RegisteredModel, 
         "metrics": json.loads(champion.tags.get("driftline.metrics", "{}")),
         "data_version": champion.tags.get("driftline.data_version"),
     }
-    return champion, dataclasses.replace(served, meta={**served.meta, **registered})
+    return FetchedChampion(
+        champion, dataclasses.replace(served, meta={**served.meta, **registered})
+    )

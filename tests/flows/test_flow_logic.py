@@ -241,6 +241,38 @@ def test_the_monitor_compares_with_the_champions_reference_not_the_checkouts(
     assert emitted("driftline.drift.detected") == []
 
 
+def test_a_champion_registered_without_its_reference_is_one_clear_error(
+    monitored: Project,
+) -> None:
+    """A version registered by a Driftline that did not register the reference: the
+    monitor says what to do rather than compare with whatever a checkout holds."""
+    import mlflow
+
+    from pipeline import registry, tracking
+    from pipeline.config import load_params
+    from pipeline.models import load_model
+
+    root = monitored.root
+    config = load_params(monitored.params_path).mlflow
+    tracking.start_tracking(config)
+    with mlflow.start_run():
+        uri = tracking.log_model(
+            load_model(root / "models/tuned"),
+            root / "models/tuned",
+            pd.read_parquet(root / "data/split/val.parquet"),
+            onnx_dir=root / "models/compressed",
+        )
+    registry.set_alias(config, registry.CHAMPION, registry.register(config, uri))
+    log_traffic(monitored, traffic(monitored, 120, drifted=True), NOW - timedelta(minutes=5))
+
+    from flows.monitoring import monitoring_flow
+
+    state = monitoring_flow(str(root), now=NOW.isoformat(), window_hours=1, return_state=True)
+
+    assert state.is_failed()
+    assert "champion v2 was registered without its reference sample" in state.message
+
+
 # --- retraining -----------------------------------------------------------------------
 
 
