@@ -2,10 +2,11 @@
 
 `read_window` takes the newest `monitor.window_hours` of logged predictions, with the
 labels that have arrived for them (`driftline label` stores them under the log's
-`labels/` folder). `quality_check` scores the labelled rows against the champion's
-registered test metric. `decide` turns the fast drift check and the quality check into
-one decision with its numbers; the monitoring flow (flows/monitoring.py) records it
-whichever way it goes and, on drift, emits the event that starts a retraining.
+`labels/` folder, or in the `labels` table of a SQL log's database). `quality_check`
+scores the labelled rows against the champion's registered test metric. `decide` turns
+the fast drift check and the quality check into one decision with its numbers; the
+monitoring flow (flows/monitoring.py) records it whichever way it goes and, on drift,
+emits the event that starts a retraining.
 
 `Window.fingerprint` names a window by the request ids in it, so that many alerts for
 the same window start one retraining.
@@ -25,6 +26,7 @@ import pandas as pd
 
 from pipeline.errors import DataError
 from pipeline.features import category_value
+from pipeline.label_store import read_stored_labels
 from pipeline.metrics import HIGHER_IS_BETTER, classification_metrics, regression_metrics
 from pipeline.prediction_log import (
     CONTEXT_PREFIX,
@@ -98,7 +100,7 @@ def read_window(log: str | Path, hours: float, now: datetime | None = None) -> W
     frame = logged.rename(
         columns={c: c.removeprefix(FEATURE_PREFIX) for c in logged.columns}
     ).reset_index(drop=True)
-    labels = read_late_labels(log)
+    labels = read_stored_labels(log)
     if labels is None or frame.empty:
         frame[LABEL] = pd.Series(np.nan, index=frame.index, dtype=object)
     else:
@@ -106,16 +108,6 @@ def read_window(log: str | Path, hours: float, now: datetime | None = None) -> W
         by_id = dict(zip(joined["request_id"], joined["label"], strict=True))
         frame[LABEL] = [by_id.get(str(i), np.nan) for i in frame["request_id"]]
     return Window(frame=frame, start=start, end=end)
-
-
-def read_late_labels(log: str | Path) -> pd.DataFrame | None:
-    """Every label stored beside a parquet log (None when there are none)."""
-    if is_sql_url(log):
-        return None
-    parts = sorted((Path(log) / "labels").glob("*.parquet"))
-    if not parts:
-        return None
-    return pd.concat([pd.read_parquet(part) for part in parts], ignore_index=True)
 
 
 @dataclass(frozen=True)

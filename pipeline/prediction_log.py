@@ -221,7 +221,7 @@ def read_predictions(
     if since is not None and since.tzinfo is None:
         since = since.replace(tzinfo=UTC)
     if is_sql_url(location):
-        frame = _read_sql(str(location), table)
+        frame = read_table(str(location), table)
     else:
         frame = _read_parquet(Path(location), since)
     if frame.empty:
@@ -246,7 +246,8 @@ def _read_parquet(root: Path, since: datetime | None) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
-def _read_sql(url: str, table: str) -> pd.DataFrame:
+def read_table(url: str, table: str) -> pd.DataFrame:
+    """A whole table of the database at `url`; empty when there is no such table."""
     from sqlalchemy import create_engine, inspect
 
     engine = create_engine(url)

@@ -9,6 +9,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -156,6 +157,54 @@ def test_postgres_table_round_trip() -> None:
         engine = sqlalchemy.create_engine(url)
         with engine.begin() as connection:
             connection.execute(sqlalchemy.text(f'DROP TABLE IF EXISTS "{table}"'))
+        engine.dispose()
+
+
+def labelled_window(url: str, tmp_path: Path) -> tuple[Any, Any]:
+    """Two logged predictions in the SQL log at `url`, a label for one of them (and one
+    for an id the log never held) through `store_labels`; what was stored and the window
+    the monitor reads back."""
+    from pipeline.label_store import store_labels
+    from pipeline.monitoring import read_window
+
+    with PredictionLog.sql(url, flush_seconds=60) as log:
+        log.append([row("a", DAY, prediction=3.0), row("b", DAY, prediction=4.0)])
+    labels = tmp_path / "labels.csv"
+    pd.DataFrame({"id": ["b", "zz"], "label": [4, 9], "time": DAY.isoformat()}).to_csv(
+        labels, index=False
+    )
+    stored = store_labels(labels, url)
+    return stored, read_window(url, 24, DAY + timedelta(hours=1))
+
+
+def test_labels_for_a_sql_log_go_to_its_database(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    stored, window = labelled_window(url, tmp_path)
+    assert (stored.received, stored.matched, stored.unmatched) == (2, 1, ["zz"])
+    assert stored.path is not None and "(table labels)" in stored.path
+    assert not any(tmp_path.rglob("*.parquet"))  # nothing beside the database
+    assert window.rows == 2 and window.labelled == 1
+    labelled = window.frame.set_index("request_id")["label"]
+    assert labelled["b"] == "4" and pd.isna(labelled["a"])
+
+
+def test_labels_for_a_postgres_log_go_to_its_database(tmp_path: Path) -> None:
+    """In a schema of the test's own, so that its `predictions` and `labels` tables meet
+    nobody else's."""
+    import sqlalchemy
+
+    base = postgres_url()
+    schema = f"driftline_{uuid.uuid4().hex[:8]}"
+    engine = sqlalchemy.create_engine(base)
+    with engine.begin() as connection:
+        connection.execute(sqlalchemy.text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        url = f"{base}?options=-csearch_path%3D{schema}"
+        stored, window = labelled_window(url, tmp_path)
+        assert stored.matched == 1 and window.labelled == 1
+    finally:
+        with engine.begin() as connection:
+            connection.execute(sqlalchemy.text(f'DROP SCHEMA "{schema}" CASCADE'))
         engine.dispose()
 
 
