@@ -134,7 +134,7 @@ class Project:
         return digests
 
 
-def test_params(source: Path = FIXTURES / "bike_sharing_2000.csv") -> dict[str, Any]:
+def sliced_params(source: Path = FIXTURES / "bike_sharing_2000.csv") -> dict[str, Any]:
     """The repo's params.yaml on a small slice of real data, sized for tests: a search of
     3 trials (a budget in trials, never in seconds), one xgboost thread, a quick
     compress."""
@@ -150,7 +150,7 @@ def test_params(source: Path = FIXTURES / "bike_sharing_2000.csv") -> dict[str, 
 def new_project(root: Path, params: dict[str, Any] | None = None) -> Project:
     root.mkdir(parents=True)
     project = Project(root)
-    project.write_params(params if params is not None else test_params())
+    project.write_params(params if params is not None else sliced_params())
     return project
 
 

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import FIXTURES, QUIET, REPO, test_params
+from tests.conftest import FIXTURES, QUIET, REPO, sliced_params
 
 pytestmark = pytest.mark.e2e
 
@@ -72,7 +72,7 @@ def dvc_project(tmp_path_factory: pytest.TempPathFactory) -> DvcProject:
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     (root / "data" / "landing").mkdir(parents=True)
     (root / "data" / "landing" / ".gitkeep").touch()
-    params = test_params()
+    params = sliced_params()
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     project = DvcProject(root)
     project.dvc("init", "--no-scm", "-q")

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import QUIET, REPO, test_params
+from tests.conftest import QUIET, REPO, sliced_params
 
 STARTUP_TIMEOUT = 300.0  # a safety net: about 10 s on a quiet machine
 # The server's background services that no test needs (schedules, late runs, worker
@@ -196,7 +196,7 @@ class FlowProject:
 
 def driftline_params(**orchestrate: object) -> dict[str, Any]:
     """The test params (tests/conftest.py) with a 2-trial search and `orchestrate` set."""
-    params = test_params()
+    params = sliced_params()
     params["tune"]["n_trials"] = 2
     params["orchestrate"].update(orchestrate)
     return params
