@@ -18,7 +18,7 @@ import pandas as pd
 
 from pipeline.errors import DataError, SourceError
 from pipeline.features import category_value
-from pipeline.prediction_log import is_sql_url, join_labels, read_predictions
+from pipeline.prediction_log import is_sql_url, join_labels, read_predictions, read_table
 
 LABELS_TABLE = "labels"
 
@@ -66,8 +66,6 @@ def store_labels(file: Path, log: str) -> StoredLabels:
 def read_stored_labels(log: str | Path) -> pd.DataFrame | None:
     """Every label stored for the log at `log` (None when there are none)."""
     if is_sql_url(log):
-        from pipeline.prediction_log import read_table
-
         stored = read_table(str(log), LABELS_TABLE)
         return None if stored.empty else stored
     parts = sorted((Path(log) / "labels").glob("*.parquet"))

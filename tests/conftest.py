@@ -87,6 +87,11 @@ class Project:
     root: Path
 
     @property
+    def tracking_uri(self) -> str:
+        """The project's own MLflow store."""
+        return f"sqlite:///{self.root / 'mlflow.db'}"
+
+    @property
     def params_path(self) -> Path:
         return self.root / "params.yaml"
 
@@ -147,10 +152,10 @@ def sliced_params(source: Path = FIXTURES / "bike_sharing_2000.csv") -> dict[str
     return params
 
 
-def new_project(root: Path, params: dict[str, Any] | None = None) -> Project:
+def new_project(root: Path) -> Project:
     root.mkdir(parents=True)
     project = Project(root)
-    project.write_params(params if params is not None else sliced_params())
+    project.write_params(sliced_params())
     return project
 
 
@@ -186,7 +191,7 @@ def _rewrite_paths(database: Path, old: str, new: str) -> None:
 def tracking_in(project: Project) -> Iterator[None]:
     """MLFLOW_TRACKING_URI at the project's own store while the block runs."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project.root / 'mlflow.db'}")
+        patch.setenv("MLFLOW_TRACKING_URI", project.tracking_uri)
         yield
 
 
@@ -249,7 +254,7 @@ def shipped_template(
 
 
 def _use(project: Project, monkeypatch: pytest.MonkeyPatch) -> Project:
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project.root / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", project.tracking_uri)
     return project
 
 

@@ -198,7 +198,7 @@ def test_a_failing_mlflow_run_still_records_and_signals_the_decision(
     import mlflow
 
     # The monitor's experiment exists but is deleted: MLflow refuses a run in it.
-    mlflow.set_tracking_uri(f"sqlite:///{monitored.root / 'mlflow.db'}")
+    mlflow.set_tracking_uri(monitored.tracking_uri)
     client = mlflow.MlflowClient()
     client.delete_experiment(client.create_experiment("driftline-monitoring"))
     log_traffic(monitored, traffic(monitored, 120, drifted=True), NOW - timedelta(minutes=5))
