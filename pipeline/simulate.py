@@ -27,6 +27,7 @@ import pandas as pd
 
 from pipeline.config import Params
 from pipeline.errors import DataError
+from pipeline.retraining import RetrainingLedger, open_ledger
 from pipeline.stack import Stack, StackError
 
 MONITORING = "monitoring/monitoring"
@@ -158,19 +159,16 @@ def run_monitoring(root: Path, since: datetime, reports: Path) -> dict[str, Any]
 
 
 def wait_for_retraining(
-    started_after: datetime, reports: Path, timeout: float = 1800
+    started_after: datetime, ledger: RetrainingLedger, timeout: float = 1800
 ) -> dict[str, Any]:
     """The retraining the drift event started: wait for it to finish; its ledger line."""
-    path = reports / "retrainings.jsonl"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if path.exists():
-            for line in reversed(path.read_text().splitlines()):
-                entry = json.loads(line)
-                if datetime.fromisoformat(entry["time"]) < started_after:
-                    break
-                if entry["status"] in ("done", "failed", "refused"):
-                    return entry
+        for entry in reversed(ledger.entries()):
+            if datetime.fromisoformat(entry["time"]) < started_after:
+                break
+            if entry["status"] in ("done", "failed", "refused"):
+                return entry
         time.sleep(2)
     raise StackError("no retraining finished in time: see the Prefect UI and .driftline/logs/")
 
@@ -233,7 +231,8 @@ def simulate(
         if decision["drift"]:
             report("drift: the training deployment was triggered; waiting for the retraining")
             started = datetime.fromisoformat(decision["time"])
-            entry = wait_for_retraining(started, reports)
+            ledger = open_ledger(params.monitor.prediction_log, reports / "retrainings.jsonl")
+            entry = wait_for_retraining(started, ledger)
             outcome.retrainings.append(entry)
             report(retraining_line(entry))
             champion = _champion_in_registry(params)

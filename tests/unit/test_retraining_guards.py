@@ -1,9 +1,12 @@
 """The guards on drift-triggered retraining: window size, duplicates, one at a time,
-cooldown; and a labelled production window becoming a landing batch."""
+cooldown, on every store the ledger lives in (a JSON-lines file when the prediction log
+is a parquet folder, the `retrainings` table of a SQLite or PostgreSQL log's database);
+and a labelled production window becoming a landing batch."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,25 +15,44 @@ import pytest
 
 from pipeline.errors import DataError
 from pipeline.monitoring import Window, production_batch
-from pipeline.retraining import RetrainingLedger
+from pipeline.retraining import Claim, RetrainingLedger, open_ledger
+from tests.unit.test_retraining_ledger_sql import postgres_schema
 
 NOW = datetime(2026, 11, 21, 12, tzinfo=UTC)
 COOLDOWN = timedelta(hours=6)
+STORES = ("file", "sqlite", "postgresql")
 
 
-def claim(ledger: RetrainingLedger, fingerprint: str, at: datetime, rows: int = 1000):
+@pytest.fixture(params=STORES)
+def prediction_log(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Where the prediction log is, one per ledger store: a parquet folder, a SQLite
+    file, a PostgreSQL database."""
+    if request.param == "file":
+        yield str(tmp_path / "production")
+    elif request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'log.db'}"
+    else:
+        with postgres_schema() as url:
+            yield url
+
+
+@pytest.fixture
+def ledger(prediction_log: str, tmp_path: Path) -> RetrainingLedger:
+    return open_ledger(prediction_log, tmp_path / "reports" / "retrainings.jsonl")
+
+
+def claim(ledger: RetrainingLedger, fingerprint: str, at: datetime, rows: int = 1000) -> Claim:
     return ledger.claim(fingerprint, rows, min_rows=500, cooldown=COOLDOWN, now=at)
 
 
-def test_a_small_window_never_retrains(tmp_path: Path) -> None:
-    ledger = RetrainingLedger(tmp_path / "retrainings.jsonl")
+def test_a_small_window_never_retrains(ledger: RetrainingLedger) -> None:
+    assert ledger.entries() == []
     refused = claim(ledger, "w1", NOW, rows=499)
     assert not refused.allowed and "fewer than 500" in refused.reason
     assert ledger.entries()[-1]["status"] == "refused"
 
 
-def test_ten_alerts_for_one_window_start_one_retraining(tmp_path: Path) -> None:
-    ledger = RetrainingLedger(tmp_path / "retrainings.jsonl")
+def test_ten_alerts_for_one_window_start_one_retraining(ledger: RetrainingLedger) -> None:
     results = []
 
     def alert() -> None:
@@ -48,8 +70,7 @@ def test_ten_alerts_for_one_window_start_one_retraining(tmp_path: Path) -> None:
     assert not late.allowed and "duplicate alert" in late.reason
 
 
-def test_one_at_a_time_then_a_cooldown(tmp_path: Path) -> None:
-    ledger = RetrainingLedger(tmp_path / "retrainings.jsonl")
+def test_one_at_a_time_then_a_cooldown(ledger: RetrainingLedger) -> None:
     assert claim(ledger, "w1", NOW).allowed
     running = claim(ledger, "w2", NOW + timedelta(minutes=5))
     assert not running.allowed and "still running" in running.reason
@@ -59,8 +80,9 @@ def test_one_at_a_time_then_a_cooldown(tmp_path: Path) -> None:
     assert claim(ledger, "w2", NOW + timedelta(hours=7)).allowed
 
 
-def test_a_failed_retraining_may_be_tried_again_after_the_cooldown(tmp_path: Path) -> None:
-    ledger = RetrainingLedger(tmp_path / "retrainings.jsonl")
+def test_a_failed_retraining_may_be_tried_again_after_the_cooldown(
+    ledger: RetrainingLedger,
+) -> None:
     assert claim(ledger, "w1", NOW).allowed
     ledger.finish("w1", False, {"error": "tune failed"})
     soon = claim(ledger, "w1", NOW + timedelta(minutes=1))
