@@ -125,8 +125,12 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     poll: Annotated[float, typer.Option(help="Seconds between champion checks.")] = 10.0,
     log: Annotated[
-        str, typer.Option(help="Prediction log: a folder (parquet by day) or a SQLAlchemy URL.")
-    ] = "data/production",
+        str | None,
+        typer.Option(
+            help="Prediction log: a folder (parquet by day) or a SQLAlchemy URL. "
+            "Default: monitor.prediction_log (DRIFTLINE_PREDICTION_LOG sets it)."
+        ),
+    ] = None,
     params: Annotated[Path, typer.Option(help="The params file.")] = DEFAULT_PARAMS,
 ) -> None:
     """Serve the registry's champion (ONNX) over HTTP; reload when the alias moves.
@@ -139,7 +143,8 @@ def serve(
     from pipeline.served_champion import champion_source, champion_version
     from pipeline.serving import create_app, run_server
 
-    config = load_params(params).mlflow
+    settings = load_params(params)
+    config, log = settings.mlflow, log or settings.monitor.prediction_log
     predictions = PredictionLog.sql(log) if is_sql_url(log) else PredictionLog.parquet(Path(log))
     app_ = create_app(
         champion_source(config),
@@ -156,14 +161,19 @@ def serve(
 @report_user_errors
 def label(
     file: Annotated[Path, typer.Argument(help="CSV or Parquet with columns id, label, time.")],
-    log: Annotated[str, typer.Option(help="The prediction log (folder or SQL URL).")] = (
-        "data/production"
-    ),
+    log: Annotated[
+        str | None,
+        typer.Option(
+            help="The prediction log (folder or SQL URL). Default: monitor.prediction_log "
+            "(DRIFTLINE_PREDICTION_LOG sets it)."
+        ),
+    ] = None,
+    params: Annotated[Path, typer.Option(help="The params file.")] = DEFAULT_PARAMS,
 ) -> None:
-    """Join labels that arrived later to the logged predictions; store them by day."""
+    """Join labels that arrived later to the logged predictions; store them beside them."""
     from pipeline.label_store import store_labels
 
-    stored = store_labels(file, log)
+    stored = store_labels(file, log or load_params(params).monitor.prediction_log)
     examples = f" (e.g. {', '.join(stored.unmatched[:3])})" if stored.unmatched else ""
     say(
         f"label: {stored.matched} of {stored.received} label(s) match a logged prediction; "

@@ -8,6 +8,7 @@ its own section.
 from __future__ import annotations
 
 import math
+import os
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
@@ -525,6 +526,7 @@ class OrchestrateConfig(Section):
     retry_delay_seconds: float = Field(default=5, ge=0)
     push: bool = True  # `dvc push` to the default remote, when one is configured
     git_branch: str | None = None  # commit dvc.lock to this branch after a run
+    git_push: bool = True  # and push that branch to the `origin` remote, when there is one
 
 
 # --- the whole file -----------------------------------------------------------------------
@@ -573,7 +575,28 @@ def load_params(path: Path = DEFAULT_PARAMS) -> Params:
         raise ConfigError(f"{path}: not valid YAML{where}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections (data, validate, ...)")
-    return parse_params(raw, origin=str(path))
+    return parse_params(with_environment(raw), origin=str(path))
+
+
+# Where the shared services are, for a machine that runs against them: the same
+# params.yaml then serves a laptop and production. Only settings that choose a place,
+# never one that changes a model, so `dvc.lock` (which sees params.yaml) stays true.
+ENVIRONMENT_OVERRIDES = {
+    "DRIFTLINE_PREDICTION_LOG": ("monitor", "prediction_log"),
+    "DRIFTLINE_OPTUNA_STORAGE": ("tune", "storage"),
+    "DRIFTLINE_DATA_BRANCH": ("orchestrate", "git_branch"),
+}
+
+
+def with_environment(raw: dict) -> dict:
+    """`raw` with the settings of ENVIRONMENT_OVERRIDES whose variable is set (non-empty)."""
+    merged = dict(raw)
+    for variable, (section, key) in ENVIRONMENT_OVERRIDES.items():
+        value = os.environ.get(variable)
+        current = merged.get(section) or {}
+        if value and isinstance(current, dict):  # a malformed section is reported as such
+            merged[section] = {**current, key: value}
+    return merged
 
 
 def parse_params(raw: dict, origin: str = "params") -> Params:
