@@ -18,7 +18,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 # dvc.yaml's stage commands run `python`: the one in .venv.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run test test-fast lint format lock clean-venv
+.PHONY: run test test-fast test-multihost lint format lock clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ test: $(VENV)/.installed
 # The edit loop: unit, data and serving tests.
 test-fast: $(VENV)/.installed
 	$(PYTEST) tests/unit tests/data tests/serving
+
+# The loop across three hosts alone (README, "Production"): as root, it makes network
+# namespaces; otherwise the hosts are separate folders on 127.0.0.1.
+test-multihost: $(VENV)/.installed
+	$(BIN)/python -m pytest -m multihost tests/multihost
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

@@ -81,15 +81,17 @@ class StageFailed(Exception):
 
 
 class PushFailed(Exception):
-    """`dvc push` did not complete; `transient` says whether a retry may help."""
+    """A transfer to or from the remote (`dvc push`, `dvc pull`) did not complete;
+    `transient` says whether a retry may help."""
 
-    def __init__(self, reason: str, transient: bool) -> None:
+    def __init__(self, reason: str, transient: bool, action: str = "dvc push") -> None:
         self.reason = reason
         self.transient = transient
-        super().__init__(f"dvc push failed: {reason}")
+        self.action = action
+        super().__init__(f"{action} failed: {reason}")
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.reason, self.transient))
+        return (type(self), (self.reason, self.transient, self.action))
 
 
 @dataclass(frozen=True)
@@ -159,8 +161,22 @@ def _open(root: Path) -> Iterator[Any]:
     they do when `dvc` runs from a shell in the project."""
     from dvc.repo import Repo
 
-    with chdir(root), Repo(str(root)) as repo:
+    with chdir(root), Repo(str(root), config=remote_override()) as repo:
         yield repo
+
+
+# A machine that runs against the services names the DVC remote here (an S3 URL, its
+# endpoint and keys in AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID...): it replaces the default
+# remote of `.dvc/config` for the flow's pulls and pushes, and nothing is written.
+REMOTE_VARIABLE = "DRIFTLINE_DVC_REMOTE"
+REMOTE_NAME = "driftline"
+
+
+def remote_override() -> dict[str, Any] | None:
+    url = os.environ.get(REMOTE_VARIABLE)
+    if not url:
+        return None
+    return {"core": {"remote": REMOTE_NAME}, "remote": {REMOTE_NAME: {"url": url}}}
 
 
 @dataclass(frozen=True)
@@ -326,6 +342,36 @@ def push(root: Path) -> int:
         raise PushFailed(failure.reason, transient) from exc
 
 
+def track(root: Path, path: Path) -> Path:
+    """`dvc add` one file (a landed batch), so that it is part of the data version:
+    pushed with the run's outputs and restored by `dvc pull`; its `.dvc` file."""
+    with _open(root) as repo:
+        repo.add([str(path)])
+    return path.with_name(path.name + ".dvc")
+
+
+def pull_outputs(root: Path, stage: str) -> None:
+    """Fetch and check out a stage's outputs as `dvc.lock` records them."""
+    try:
+        with _open(root) as repo:
+            repo.pull(targets=[_target(root, stage)])
+    except Exception as exc:
+        failure = classify(exc)
+        raise PushFailed(failure.reason, failure.transient, "dvc pull") from exc
+
+
+def pull_tracked(root: Path, files: list[Path]) -> None:
+    """Fetch and check out what these `.dvc` files track, from the default remote."""
+    if not files:
+        return
+    try:
+        with _open(root) as repo:
+            repo.pull(targets=[str(file) for file in files])
+    except Exception as exc:
+        failure = classify(exc)
+        raise PushFailed(failure.reason, failure.transient, "dvc pull") from exc
+
+
 # --- git ------------------------------------------------------------------------------
 
 
@@ -361,8 +407,9 @@ def _identity(root: Path) -> dict[str, str]:
     }
 
 
-def git_skip_reason(root: Path) -> str | None:
-    """Why `dvc.lock` cannot be committed here, or None when it can."""
+def git_skip_reason(root: Path, need_lock: bool = True) -> str | None:
+    """Why `dvc.lock` cannot be committed here (or, without `need_lock`, why git cannot
+    be used here at all), or None when it can."""
     if shutil.which("git") is None:
         return "git is not installed"
     inside = _git(root, "rev-parse", "--is-inside-work-tree", check=False)
@@ -370,45 +417,111 @@ def git_skip_reason(root: Path) -> str | None:
         return f"{root} is not in a git repository"
     if _git(root, "rev-parse", "--verify", "--quiet", "HEAD", check=False).returncode != 0:
         return "the repository has no commit yet to start from"
-    if not (root / "dvc.lock").exists():
+    if need_lock and not (root / "dvc.lock").exists():
         return "there is no dvc.lock"
     return None
 
 
-def commit_lock(root: Path, branch: str, message: str) -> str | None:
-    """Commit `root/dvc.lock` as it is now onto `branch`; the new commit, or None when
-    the branch already holds this dvc.lock.
+def version_files(root: Path, landing: str) -> list[Path]:
+    """What git holds of a data version: `dvc.lock`, and the landing folder's `.dvc`
+    files with what keeps that folder in git (`.gitignore`, `.gitkeep`)."""
+    folder = root / landing
+    kept = sorted(
+        path
+        for path in (folder.glob("*") if folder.is_dir() else [])
+        if path.is_file() and (path.suffix == ".dvc" or path.name in (".gitignore", ".gitkeep"))
+    )
+    return [root / "dvc.lock", *kept]
 
-    Plumbing only (hash-object, a temporary index, commit-tree, update-ref), so the
-    user's working tree, index and checked-out branch are never touched: the commit
-    is the branch's tree with this dvc.lock in it. A missing branch starts from HEAD.
-    When `branch` is the one checked out, its index entry for dvc.lock is refreshed
-    so `git status` stays clean. No hooks run: this is a record, not a code change.
+
+def commit_data_version(root: Path, branch: str, message: str, landing: str) -> str | None:
+    """Commit this data version onto `branch`; the new commit, or None when the branch
+    holds it already.
+
+    The commit's tree is the code that ran (HEAD's tree) with `dvc.lock` and the landing
+    folder's `.dvc` files as they are now, so `git clone -b <branch>` + `dvc pull`
+    gives a checkout that `dvc status` finds up to date. Its parents are the branch's
+    previous version and, when it is not already in that history, HEAD: the branch is
+    the history of data versions, and each says which code made it. Plumbing only
+    (hash-object, a temporary index, commit-tree, update-ref), so the working tree,
+    index and checked-out branch are never touched; when `branch` is the one checked
+    out, the index entries of those files are refreshed so `git status` stays clean.
+    No hooks run: this is a record, not a code change.
     """
     prefix = _git(root, "rev-parse", "--show-prefix").stdout.strip()
-    path = f"{prefix}dvc.lock"
     ref = f"refs/heads/{branch}"
     if _git(root, "check-ref-format", ref, check=False).returncode != 0:
         raise GitError(f"orchestrate.git_branch {branch!r} is not a valid branch name")
     tip = _git(root, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", check=False)
     old = tip.stdout.strip() if tip.returncode == 0 else None
-    parent = old or _git(root, "rev-parse", "HEAD").stdout.strip()
-    blob = _git(root, "hash-object", "-w", "--", str(root / "dvc.lock")).stdout.strip()
+    head = _git(root, "rev-parse", "HEAD").stdout.strip()
+    files = version_files(root, landing)
+    paths = [f"{prefix}{file.relative_to(root).as_posix()}" for file in files]
     with tempfile.TemporaryDirectory() as scratch:
         index = {"GIT_INDEX_FILE": str(Path(scratch) / "index")}
-        _git(root, "read-tree", parent, env=index)
-        _git(root, "update-index", "--add", "--cacheinfo", f"100644,{blob},{path}", env=index)
+        _git(root, "read-tree", head, env=index)
+        # The landing folder is exactly what is there now: a rejected batch's entry goes.
+        folder = f"{prefix}{landing.strip('/')}"
+        _git(root, "rm", "-r", "-q", "--cached", "--ignore-unmatch", "--", folder, env=index)
+        for file, path in zip(files, paths, strict=True):
+            blob = _git(root, "hash-object", "-w", "--", str(file)).stdout.strip()
+            _git(root, "update-index", "--add", "--cacheinfo", f"100644,{blob},{path}", env=index)
         tree = _git(root, "write-tree", env=index).stdout.strip()
-    if tree == _git(root, "rev-parse", f"{parent}^{{tree}}").stdout.strip():
-        if old is None:  # a new branch, and HEAD holds this dvc.lock already
-            _git(root, "update-ref", "-m", "driftline: dvc.lock", ref, parent, "")
+    base = old or head
+    if tree == _git(root, "rev-parse", f"{base}^{{tree}}").stdout.strip():
+        if old is None:  # a new branch, and HEAD holds this version already
+            _git(root, "update-ref", "-m", "driftline: data version", ref, head, "")
         return None
+    parents = ["-p", base]
+    if old is not None and not _is_ancestor(root, head, old):
+        parents += ["-p", head]
     commit = _git(
-        root, "commit-tree", tree, "-p", parent, "-m", message, env=_identity(root)
+        root, "commit-tree", tree, *parents, "-m", message, env=_identity(root)
     ).stdout.strip()
-    # Compare-and-swap: fails rather than overwrite a commit pushed meanwhile.
-    _git(root, "update-ref", "-m", "driftline: dvc.lock", ref, commit, old or "")
-    head = _git(root, "symbolic-ref", "--quiet", "HEAD", check=False).stdout.strip()
-    if head == ref:
-        _git(root, "reset", "--quiet", "--", path)
+    # Compare-and-swap: fails rather than overwrite a commit made meanwhile.
+    _git(root, "update-ref", "-m", "driftline: data version", ref, commit, old or "")
+    checked_out = _git(root, "symbolic-ref", "--quiet", "HEAD", check=False).stdout.strip()
+    if checked_out == ref:
+        _git(root, "reset", "--quiet", "--", *paths)
     return commit
+
+
+def _is_ancestor(root: Path, commit: str, of: str) -> bool:
+    return _git(root, "merge-base", "--is-ancestor", commit, of, check=False).returncode == 0
+
+
+ORIGIN = "origin"
+
+
+def has_origin(root: Path) -> bool:
+    return _git(root, "remote", "get-url", ORIGIN, check=False).returncode == 0
+
+
+def push_branch(root: Path, branch: str) -> None:
+    """Push `branch` to origin; a push that is refused (someone else pushed a version
+    meanwhile) or cannot connect is a GitError."""
+    _git(root, "push", "--quiet", ORIGIN, f"refs/heads/{branch}:refs/heads/{branch}")
+
+
+def restore_data_version(root: Path, branch: str, landing: str) -> str | None:
+    """In a fresh checkout of the code (a worker's clone), start from the newest data
+    version: fetch `branch` from origin and take its `dvc.lock` and landing `.dvc` files.
+    The commit restored, or None when there is nothing to restore (no origin, no such
+    branch there, the branch exists here already, or dvc.lock was changed here)."""
+    ref = f"refs/heads/{branch}"
+    if not has_origin(root):
+        return None
+    if _git(root, "rev-parse", "--verify", "--quiet", ref, check=False).returncode == 0:
+        return None  # this checkout keeps its own versions
+    if _git(root, "diff", "--quiet", "HEAD", "--", "dvc.lock", check=False).returncode != 0:
+        return None  # never overwrite a lock someone changed here
+    fetched = _git(root, "fetch", "--quiet", ORIGIN, f"+{ref}:{ref}", check=False)
+    if fetched.returncode != 0:
+        if "couldn't find remote ref" in fetched.stderr:
+            return None  # the first version: the branch starts with this run
+        raise GitError(f"git fetch {ORIGIN} {branch}: {fetched.stderr.strip()}")
+    folder = landing.strip("/")
+    listed = _git(root, "ls-tree", "-r", "--name-only", ref, "--", folder).stdout.split()
+    _git(root, "checkout", ref, "--", "dvc.lock", *listed)
+    _git(root, "reset", "--quiet", "--", "dvc.lock", *listed)  # the index stays HEAD's
+    return _git(root, "rev-parse", ref).stdout.strip()

@@ -8,15 +8,24 @@
 - `monitoring` runs `flows/monitoring.py:monitoring_flow` on `monitor.cron` on the
   `monitor.monitor_pool` pool (default `cpu`).
 
-Both pools are process pools here, and the flows run from the project folder itself
-(`Flow.from_source`). infra/prefect/ holds Docker and Kubernetes base job templates
-for a GPU pool; on such a pool, `train.device: auto` trains on CUDA.
+Where a flow run gets its code:
+
+- with `DRIFTLINE_GIT_URL` set (production), from that git remote at `DRIFTLINE_GIT_REF`
+  (a branch, `main` by default, or a commit): every run clones it into a fresh
+  directory of the worker that picks it up, so a worker on any machine can run it;
+- without it (a laptop, `driftline up`), from the project folder itself.
+
+No parameter and no event payload carries a path: a run works in the directory its
+pull step leaves it in. The pools are process pools; infra/prefect/ holds Docker and
+Kubernetes base job templates for a GPU pool, where `train.device: auto` trains on CUDA.
 
     python -m flows.deployments [PROJECT]   # create the pools and (re)deploy both
 """
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,7 +43,7 @@ DRIFT_PARAMETERS = {
     "window_start": "{{ event.payload.window.start }}",
     "window_end": "{{ event.payload.window.end }}",
     "drift_share": "{{ event.payload.drift_share }}",
-    "report": "{{ event.payload.report }}",
+    "report": "{{ event.payload.report }}",  # the report's MLflow run, when it was logged
 }
 
 
@@ -55,8 +64,23 @@ def ensure_pools(names: list[str]) -> list[str]:
     return created
 
 
+def code_source(project: Path) -> Any:
+    """Where runs get the code: the git remote of `DRIFTLINE_GIT_URL`, at
+    `DRIFTLINE_GIT_REF` (a branch or a full commit hash), or else the project folder."""
+    from prefect.runner.storage import GitRepository
+
+    url = os.environ.get("DRIFTLINE_GIT_URL")
+    if not url:
+        return str(project)
+    ref = os.environ.get("DRIFTLINE_GIT_REF") or "main"
+    if re.fullmatch(r"[0-9a-f]{40}", ref):
+        return GitRepository(url=url, commit_sha=ref)
+    return GitRepository(url=url, branch=ref)
+
+
 def deploy(project: Path, params_file: str = "params.yaml") -> dict[str, Any]:
-    """Create the pools and deploy both flows for `project`; their ids and pools."""
+    """Create the pools and deploy both flows; their ids and pools. `project` is read
+    for params (and is the code's source when `DRIFTLINE_GIT_URL` is not set)."""
     from prefect import Flow
     from prefect.events import DeploymentEventTrigger
     from prefect.schedules import Cron
@@ -66,8 +90,9 @@ def deploy(project: Path, params_file: str = "params.yaml") -> dict[str, Any]:
     root = Path(project).resolve()
     config = load_params(root / params_file).monitor
     ensure_pools([config.retrain_pool, config.monitor_pool])
-    common = {"project": str(root), "params_file": params_file}
-    training = Flow.from_source(str(root), "flows/retraining.py:retraining_flow")
+    common = {"params_file": params_file}
+    source = code_source(root)
+    training = Flow.from_source(source, "flows/retraining.py:retraining_flow")
     training_id = training.deploy(
         name=TRAINING,
         work_pool_name=config.retrain_pool,
@@ -84,7 +109,7 @@ def deploy(project: Path, params_file: str = "params.yaml") -> dict[str, Any]:
         tags=["driftline"],
         print_next_steps=False,
     )
-    monitoring = Flow.from_source(str(root), "flows/monitoring.py:monitoring_flow")
+    monitoring = Flow.from_source(source, "flows/monitoring.py:monitoring_flow")
     monitoring_id = monitoring.deploy(
         name=MONITORING,
         work_pool_name=config.monitor_pool,

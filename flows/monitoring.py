@@ -13,9 +13,10 @@ checkout's `data/reference`, which a refused candidate may have replaced):
   Evidently workspace (`evidently ui --workspace evidently` shows the history).
 
 The decision and its numbers are recorded whichever way it goes (`decision.json`, and a
-line in `reports/monitoring/decisions.jsonl`). On drift the flow emits the Prefect event
-`driftline.drift.detected`, whose payload names the report, the window and its
-fingerprint; the retraining deployment has a trigger on it (flows/deployments.py).
+line in `reports/monitoring/decisions.jsonl`, both logged with the MLflow run). On drift
+the flow emits the Prefect event `driftline.drift.detected`, whose payload holds the
+window, its fingerprint and the MLflow run of the report, never a path: the retraining
+deployment has a trigger on it (flows/deployments.py) and may run on another machine.
 
     python -m flows.monitoring          # one check, against PREFECT_API_URL or an ephemeral API
 """
@@ -153,6 +154,10 @@ def _figures(record: dict[str, Any]) -> dict[str, float]:
     return figures
 
 
+def _run_uri(run_id: str | None) -> str | None:
+    return f"runs:/{run_id}/monitoring" if run_id else None
+
+
 def write_record(folder: Path, log: Path, record: dict[str, Any]) -> None:
     from pipeline.artifacts import write_json_atomic
 
@@ -253,8 +258,8 @@ def _monitor(
                 "window": window.describe(),
                 "drift_share": decision.drift_share,
                 "reasons": decision.reasons,
-                "report": str(folder),
-                "project": str(root),
+                # Where a person finds the report from any machine: the MLflow run.
+                "report": _run_uri(record["mlflow_run"]),
             },
         )
         logger.info("emitted %s for window %s", DRIFT_EVENT, fingerprint)

@@ -2,12 +2,14 @@
 
 Without a `fingerprint` it is one run of the training flow. With one (the drift
 trigger fills it from the `driftline.drift.detected` event), the guards in
-`pipeline.retraining` decide first, under a file lock, and write the decision down:
-the window must be big enough, it must not have been retrained already (ten alerts
-for one window start one retraining), no other retraining may be running, and the
-last one must be at least `monitor.cooldown_minutes` old. An allowed retraining puts
-the window's labelled production rows into the landing folder as a batch, so that
-`ingest` adds them, then runs the training flow with `trigger: drift`; deploy writes
+`pipeline.retraining` decide first, atomically in the prediction store's database (so
+workers on several machines share them), and write the decision down: the window must
+be big enough, it must not have been retrained already (ten alerts for one window start
+one retraining), no other retraining may be running, and the last one must be at least
+`monitor.cooldown_minutes` old. An allowed retraining puts the window's labelled
+production rows, read from the prediction store, into the landing folder as a
+DVC-tracked batch, so that `ingest` adds them and the batch is part of the data version
+the run pushes; then it runs the training flow with `trigger: drift`. Deploy writes
 that trigger into the promotion record, and a server polling the registry picks up a
 new champion.
 """
@@ -22,9 +24,25 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from flows import _dvc
 from flows.training import training_flow
 
 _TASK = {"cache_policy": NO_CACHE, "persist_result": False}
+
+
+def prepare_checkout(root: Path, params: Any) -> None:
+    """A fresh clone (a worker's) holds the code, not the data: take the newest data
+    version from git and ingest's outputs from the DVC remote, which the landing needs
+    (the source's columns and schema)."""
+    from flows.training import restore_data_version
+
+    orchestrate = params.orchestrate
+    if orchestrate.git_branch:
+        restore_data_version.with_options(
+            retries=orchestrate.retries, retry_delay_seconds=orchestrate.retry_delay_seconds
+        )(str(root), orchestrate.git_branch, params.data.landing)
+    if not (root / "data/raw/schema.yaml").exists() and _dvc.plan(root).remote is not None:
+        _dvc.pull_outputs(root, "ingest")
 
 
 @task(name="land production data", **_TASK)
@@ -63,6 +81,8 @@ def land_production(
         )
     path = root / params.data.landing / f"production-{fingerprint}.parquet"
     write_parquet_atomic(path, batch)
+    # Tracked by DVC: the batch is part of the data version this run pushes and commits.
+    _dvc.track(root, path)
     return {"rows": len(batch), "path": str(path)}
 
 
@@ -99,12 +119,13 @@ def _on_drift(
     from prefect.runtime import flow_run
 
     from pipeline.config import load_params
-    from pipeline.retraining import RetrainingLedger
+    from pipeline.retraining import open_ledger
 
     logger = get_run_logger()
     params = load_params(root / params_file)
     config = params.monitor
-    ledger = RetrainingLedger(root / config.reports / "retrainings.jsonl")
+    # In the prediction store's database when it is one: every worker sees every claim.
+    ledger = open_ledger(config.prediction_log, root / config.reports / "retrainings.jsonl")
     claim = ledger.claim(
         fingerprint,
         rows,
@@ -127,6 +148,7 @@ def _on_drift(
         start, end = window
         if start is None or end is None:
             raise ValueError("a drift retraining needs the window's start and end")
+        prepare_checkout(root, params)
         landed = land_production(root, params, fingerprint, start, end)
         summary = training_flow(str(root), "drift", params_file)
     except BaseException as exc:
@@ -161,11 +183,13 @@ def _data_refused(exc: BaseException) -> bool:
 
 
 def _move_to_rejected(path: Path) -> str | None:
+    """Out of the landing folder and out of the data version (its `.dvc` file goes)."""
     if not path.exists():
         return None
     target = path.parent / "rejected" / path.name
     target.parent.mkdir(parents=True, exist_ok=True)
     path.replace(target)
+    path.with_name(path.name + ".dvc").unlink(missing_ok=True)
     return str(target)
 
 

@@ -9,13 +9,16 @@ retried `orchestrate.retries` times; any other failure (bad data, bad params, a 
 stops the run at once, and the stages after it keep their outputs and their entries
 in `dvc.lock`, so the next run resumes where this one stopped.
 
-With a default DVC remote configured, a stage that is unchanged but whose outputs are
-missing (a fresh worker's checkout) pulls them instead of running. After every stage
-succeeds, the flow pushes to that remote (when `orchestrate.push` is on) and, when
-`orchestrate.git_branch` is set and the project is a git repository, commits
-`dvc.lock` to that branch: the data version of a scheduled run ends up in git. It
-returns a summary: the stages that ran and were skipped, the metrics, the gate, the
-deploy decision and the champion.
+With a default DVC remote configured (`.dvc/config`, or `DRIFTLINE_DVC_REMOTE`), a
+stage that is unchanged but whose outputs are missing (a fresh worker's checkout) pulls
+them instead of running. With `orchestrate.git_branch` set (or `DRIFTLINE_DATA_BRANCH`),
+that branch holds the data versions: a fresh clone of the code first takes the newest
+version from the branch on `origin` (its `dvc.lock` and landed batches), and after
+every stage succeeds the flow pushes the outputs to the DVC remote, commits `dvc.lock`
+and the landing folder's `.dvc` files onto the branch, and pushes the branch to
+`origin` (`orchestrate.git_push`): any machine can then `git clone -b <branch>` and
+`dvc pull` this version. It returns a summary: the stages that ran and were skipped,
+the metrics, the gate, the deploy decision and the champion.
 
     python -m flows.training            # one run, against PREFECT_API_URL or an ephemeral API
 """
@@ -36,7 +39,7 @@ from flows import _dvc
 from pipeline.errors import DriftlineError, TransientError
 
 if TYPE_CHECKING:
-    from pipeline.config import OrchestrateConfig
+    from pipeline.config import Params
 
 # Why a run started; deploy writes it into the promotion record (DRIFTLINE_TRIGGER).
 Trigger = Literal["manual", "schedule", "drift"]
@@ -75,11 +78,26 @@ _TASK = {"cache_policy": NO_CACHE, "persist_result": False}
 
 
 @task(name="read settings", **_TASK)
-def read_settings(root: str, params_file: str) -> OrchestrateConfig:
-    """The `orchestrate` section; a bad params file fails here, before any stage."""
+def read_settings(root: str, params_file: str) -> Params:
+    """The params; a bad params file fails here, before any stage."""
     from pipeline.config import load_params
 
-    return load_params(Path(root) / params_file).orchestrate
+    return load_params(Path(root) / params_file)
+
+
+@task(name="restore data version", retry_condition_fn=retry_transient, **_TASK)
+def restore_data_version(root: str, branch: str, landing: str) -> str | None:
+    """A fresh clone starts from the newest data version on origin's `branch`."""
+    logger = get_run_logger()
+    if _dvc.git_skip_reason(Path(root), need_lock=False) is not None:
+        return None
+    commit = _dvc.restore_data_version(Path(root), branch, landing)
+    if commit is None:
+        return None
+    batches = sorted((Path(root) / landing).glob("*.dvc"))
+    _dvc.pull_tracked(Path(root), batches)
+    logger.info("data version %s of %s: %d landed batch(es)", commit[:12], branch, len(batches))
+    return commit
 
 
 @task(name="plan", **_TASK)
@@ -130,19 +148,25 @@ def push_data(root: str, remote: str | None) -> int | None:
     return pushed
 
 
-@task(name="commit dvc.lock", **_TASK)
-def commit_data_version(root: str, branch: str, message: str) -> str | None:
-    """Commit dvc.lock to `branch` without touching the working tree; None if skipped."""
+@task(name="commit data version", **_TASK)
+def commit_data_version(
+    root: str, branch: str, message: str, landing: str, push: bool
+) -> str | None:
+    """Commit dvc.lock and the landed batches' `.dvc` files to `branch` without touching
+    the working tree, and push the branch to origin; the commit, None if skipped."""
     logger = get_run_logger()
     reason = _dvc.git_skip_reason(Path(root))
     if reason is not None:
         logger.info("dvc.lock not committed: %s", reason)
         return None
-    commit = _dvc.commit_lock(Path(root), branch, message)
+    commit = _dvc.commit_data_version(Path(root), branch, message, landing)
     if commit is None:
         logger.info("dvc.lock not committed: %s holds this data version already", branch)
     else:
         logger.info("dvc.lock committed to %s as %s", branch, commit[:12])
+    if push and _dvc.has_origin(Path(root)):
+        _dvc.push_branch(Path(root), branch)
+        logger.info("pushed %s to %s", branch, _dvc.ORIGIN)
     return commit
 
 
@@ -211,7 +235,12 @@ def training_flow(
     `orchestrate` section is read; `force` re-runs every stage.
     """
     root = str(Path(project).resolve())
-    settings = read_settings(root, params_file)
+    params = read_settings(root, params_file)
+    settings, landing = params.orchestrate, params.data.landing
+    if settings.git_branch:
+        restore_data_version.with_options(
+            retries=settings.retries, retry_delay_seconds=settings.retry_delay_seconds
+        )(root, settings.git_branch, landing)
     planned = plan(root)
     stages = planned.stages
     run_env = _dvc.stage_environment(trigger)
@@ -242,6 +271,8 @@ def training_flow(
         runs.append(state.result())
     summary = _summary(trigger, runs, [], [])
     summary.update(read_results(root))
+    if "deploy" not in summary["ran"]:
+        summary["deploy"] = None  # reports/deploy.json is an earlier run's decision
     summary["pushed"] = (
         push_data.with_options(
             retries=settings.retries, retry_delay_seconds=settings.retry_delay_seconds
@@ -250,7 +281,9 @@ def training_flow(
         else None
     )
     summary["commit"] = (
-        commit_data_version(root, settings.git_branch, _commit_message(summary))
+        commit_data_version(
+            root, settings.git_branch, _commit_message(summary), landing, settings.git_push
+        )
         if settings.git_branch
         else None
     )

@@ -63,6 +63,28 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     shutil.rmtree(config.stash.get(CACHES, ""), ignore_errors=True)
 
 
+# The longest files first (pytest --durations), so that pytest-xdist, which hands out
+# whole files in collection order, starts them at once and fills the other worker with
+# the short ones: the longest first is what keeps the wall time near the CPU time / 2.
+LONGEST_FIRST = (
+    "tests/multihost/test_loop_across_hosts.py",
+    "tests/flows/test_drift_loop.py",
+    "tests/flows/test_training_flow.py",
+    "tests/e2e/test_dvc_repro.py",
+    "tests/multihost/test_tuning_across_hosts.py",
+    "tests/flows/test_flow_logic.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: position for position, name in enumerate(LONGEST_FIRST)}
+
+    def position(item: pytest.Item) -> int:
+        return rank.get(Path(item.path).relative_to(REPO).as_posix(), len(rank))
+
+    items.sort(key=position)  # stable: the order within a file and among the rest stays
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Telemetry off; Prefect and MLflow state in a temporary folder, never in ~."""

@@ -51,6 +51,7 @@ from pipeline.console import report_user_errors, say
 from pipeline.errors import ConfigError
 from pipeline.metrics import rounded
 from pipeline.schema import DatasetSpec
+from pipeline.sources import mask_url
 
 if TYPE_CHECKING:
     import optuna
@@ -139,20 +140,37 @@ def make_study(config: TuneConfig, name: str) -> optuna.Study:
         "median": lambda: optuna.pruners.MedianPruner(n_warmup_steps=2),
         "none": lambda: optuna.pruners.NopPruner(),
     }
-    try:
-        return optuna.create_study(
-            study_name=name,
-            storage=config.storage,
-            direction="minimize",
-            sampler=optuna.samplers.TPESampler(seed=config.sampler_seed),
-            pruner=pruners[config.pruner](),
-            load_if_exists=True,
-        )
-    except (ImportError, ValueError, RuntimeError) as exc:
-        raise ConfigError(f"tune.storage: cannot open {config.storage!r} ({exc})") from None
-    except Exception as exc:  # SQLAlchemy errors for a database that is down
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"tune.storage: cannot open {config.storage!r} ({first})") from None
+    shown = mask_url(config.storage) if config.storage else None  # never a password
+    attempt = 0
+    while True:
+        try:
+            return optuna.create_study(
+                study_name=name,
+                storage=config.storage,
+                direction="minimize",
+                sampler=optuna.samplers.TPESampler(seed=config.sampler_seed),
+                pruner=pruners[config.pruner](),
+                load_if_exists=True,
+            )
+        except (ImportError, ValueError, RuntimeError) as exc:
+            raise ConfigError(f"tune.storage: cannot open {shown!r} ({exc})") from None
+        except Exception as exc:  # SQLAlchemy errors for a database that is down
+            # Workers started together on a fresh database race to create Optuna's
+            # tables (optuna/optuna#1092): the loser finds them made and tries again.
+            if _created_meanwhile(exc) and attempt < STORAGE_RETRIES:
+                attempt += 1
+                time.sleep(0.5 * attempt)
+                continue
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"tune.storage: cannot open {shown!r} ({first})") from None
+
+
+STORAGE_RETRIES = 3
+
+
+def _created_meanwhile(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "duplicate key" in text or "already exists" in text
 
 
 def cv_folds(train_rows: pd.DataFrame, spec: DatasetSpec, folds: int, seed: int) -> list:
@@ -460,7 +478,7 @@ def main(
         "model_uri": model_uri,
         "family": train_config.model,
         "study": result.study_name,
-        "storage": config.storage,
+        "storage": mask_url(config.storage) if config.storage else None,
         "best_params": result.best_params,
         "best_val_loss": result.best_value,
         "default_val_loss": result.default_value,

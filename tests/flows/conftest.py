@@ -212,10 +212,7 @@ def flow_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlowProje
     shutil.copytree(
         REPO / "pipeline", root / "pipeline", ignore=shutil.ignore_patterns("__pycache__")
     )
-    pipeline = yaml.safe_load((REPO / "dvc.yaml").read_text())
-    # deploy reads the registry, which DVC cannot see: it runs on every repro.
-    pipeline["stages"]["deploy"]["always_changed"] = True
-    (root / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     (root / "data" / "landing").mkdir(parents=True)
     (root / "data" / "landing" / ".gitkeep").touch()
     project = FlowProject(root, remote)

@@ -173,6 +173,9 @@ def test_drift_without_labels_is_decided_on_the_data_alone(
     assert record["files"] is not None and record["mlflow_run"] is not None
     [event] = emitted("driftline.drift.detected")
     assert event.payload["fingerprint"] == record["window"]["fingerprint"]
+    # A worker on another machine acts on it: the payload names no local path.
+    assert event.payload["report"] == f"runs:/{record['mlflow_run']}/monitoring"
+    assert str(monitored.root) not in json.dumps(event.payload)
 
 
 def test_a_failing_report_still_records_and_signals_the_decision(

@@ -91,14 +91,13 @@ def test_first_run_trains_and_promotes_then_nothing_to_do(
     second = run_flow(flow_project.root)
     assert second.is_completed(), second.message
     again = second.result()
-    assert again["skipped"] == STAGES[:-1] and again["ran"] == ["deploy"]
-    assert again["deploy"]["action"] == "keep" and again["champion"] == "1"
+    assert again["skipped"] == STAGES and again["ran"] == []
+    assert again["deploy"] is None and again["champion"] == "1"
     assert flow_project.registry() == (["1"], "1")
-    # deploy keeping the champion changes no DVC output: same data version, no commit.
+    # Nothing ran: same data version, no commit.
     assert again["commit"] is None and git(root, "rev-parse", "runs") == summary["commit"]
     runs = task_runs(second.state_details.flow_run_id, len(STAGES))
-    assert [stage for stage in STAGES if runs[stage].state.name == "Skipped"] == STAGES[:-1]
-    assert runs["deploy"].state.name == "Completed"
+    assert [stage for stage in STAGES if runs[stage].state.name == "Skipped"] == STAGES
 
 
 @pytest.mark.e2e
@@ -114,8 +113,8 @@ def test_a_checkout_without_outputs_pulls_them_instead_of_running(
 
     assert state.is_completed(), state.message
     summary = state.result()
-    assert summary["skipped"] == STAGES[:-1] and summary["ran"] == ["deploy"]
-    assert summary["deploy"]["action"] == "keep"
+    assert summary["skipped"] == STAGES and summary["ran"] == []
+    assert summary["deploy"] is None and summary["champion"] == "1"
     assert (root / "models/tuned/model.json").exists()
     assert (root / "data/split/test.parquet").exists()
 
@@ -344,7 +343,7 @@ def test_a_transient_error_exits_75_in_one_line(capsys: pytest.CaptureFixture[st
 
 
 def test_lock_commit_leaves_a_checked_out_branch_clean(tmp_path: Path) -> None:
-    from flows._dvc import commit_lock, git_skip_reason
+    from flows._dvc import commit_data_version, git_skip_reason
 
     root = tmp_path / "repo"
     root.mkdir()
@@ -363,12 +362,13 @@ def test_lock_commit_leaves_a_checked_out_branch_clean(tmp_path: Path) -> None:
     git(root, "add", "notes.txt")
     assert git_skip_reason(root) is None
 
-    commit = commit_lock(root, "runs", "dvc.lock: a run")
+    commit = commit_data_version(root, "runs", "dvc.lock: a run", "data/landing")
 
     assert git(root, "rev-parse", "HEAD") == commit
     assert git(root, "show", "HEAD:dvc.lock") == "schema: '2.0'\nstages: {}"
     assert git(root, "status", "--porcelain") == "M  notes.txt"  # still staged, uncommitted
-    assert commit_lock(root, "runs", "dvc.lock: again") is None  # nothing new to commit
+    # Nothing new to commit.
+    assert commit_data_version(root, "runs", "dvc.lock: again", "data/landing") is None
 
 
 def test_no_git_no_commit(tmp_path: Path) -> None:

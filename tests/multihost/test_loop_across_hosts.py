@@ -1,0 +1,643 @@
+"""The loop across machines: serving, monitoring and retraining on three hosts that share
+nothing but TCP services.
+
+Each host is its own network namespace (`ip netns` + a veth pair on a bridge the test
+makes; it needs root) with its own directory, HOME, TMPDIR and environment. The
+services listen on the bridge's address only: PostgreSQL (the server on 127.0.0.1,
+reached through a forwarder; a database each for Prefect, MLflow and the prediction
+store), an S3 server (`rclone serve s3`), the MLflow server (PostgreSQL, artifacts
+proxied to S3), the Prefect server (PostgreSQL) and a git remote (`git daemon`). These
+are the steps of README's "Production" section:
+
+1. the deployments are created from the git remote; the `gpu` host's worker trains and
+   promotes a first champion in a fresh clone of it;
+2. the serving host runs `driftline serve` from its own clone and logs to PostgreSQL;
+   traffic and late labels go there;
+3. drift: the monitoring deployment on the `cpu` host emits the event, exactly one
+   retraining runs on the `gpu` host (a duplicate alert is refused by the ledger in
+   PostgreSQL), a new champion is registered, and the serving host reloads it with no
+   failed request;
+4. the `gpu` host's directory is deleted; a fresh `git clone` + `dvc pull` elsewhere is
+   the new champion's data version (`dvc status` clean), and the registry, the
+   prediction store and the git remote hold the rest.
+
+Where namespaces cannot be made (not root, no `ip`), the hosts are separate
+directories and environments on 127.0.0.1, sharing no path.
+
+    make test-multihost        # this test alone
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import QUIET, REPO, sliced_params
+from tests.multihost.hosts import (
+    Forwarder,
+    Network,
+    answers,
+    free_port,
+    make_network,
+    remove_network,
+    sql,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.multihost]
+
+BIN = Path(sys.executable).parent
+HOUR_CSV = REPO / "pipeline/datasets/bike_sharing/hour.csv"
+HOSTS = ("serve", "cpu", "gpu")
+ACCESS_KEY, SECRET_KEY = "driftlinetests", "driftline-tests-secret"  # rclone's, test-only
+BUCKET = "driftline"
+DATA_BRANCH = "driftline-data"
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+# --- the network ------------------------------------------------------------------------
+
+
+@dataclass
+class Stack:
+    network: Network
+    base: Path
+    ports: dict[str, int]
+    databases: dict[str, str]
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def prefect_api(self) -> str:
+        return f"http://{self.network.gateway}:{self.ports['prefect']}/api"
+
+    @property
+    def mlflow(self) -> str:
+        return f"http://{self.network.gateway}:{self.ports['mlflow']}"
+
+    @property
+    def s3(self) -> str:
+        return f"http://{self.network.gateway}:{self.ports['s3']}"
+
+    @property
+    def git_url(self) -> str:
+        return f"git://{self.network.gateway}:{self.ports['git']}/driftline.git"
+
+    def store(self, via: str | None = None) -> str:
+        """The prediction store's URL, as a host reaches it (or this test, on 127.0.0.1)."""
+        address = via or "127.0.0.1"
+        port = self.ports["postgres"] if via else 5432
+        return f"postgresql://postgres@{address}:{port}/{self.databases['store']}"
+
+    def log(self, name: str) -> Path:
+        return self.base / "logs" / f"{name}.log"
+
+    def start(
+        self, name: str, argv: list[str], env: dict[str, str], cwd: Path
+    ) -> subprocess.Popen[bytes]:
+        self.log(name).parent.mkdir(parents=True, exist_ok=True)
+        with self.log(name).open("wb") as out:
+            process = subprocess.Popen(
+                argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self.processes[name] = process
+        return process
+
+    def stop(self, name: str) -> None:
+        process = self.processes.pop(name, None)
+        if process is None or process.poll() is not None:
+            return
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=5)
+
+    def host_dir(self, host: str) -> Path:
+        return self.base / "hosts" / host
+
+    def host_env(self, host: str) -> dict[str, str]:
+        """What a machine of the stack is told: where each service is, and nothing else
+        (no variable of this test's own process, no path outside the host's folder)."""
+        home = self.host_dir(host)
+        gateway = self.network.gateway
+        env = {
+            "PATH": f"{BIN}{os.pathsep}/usr/local/bin:/usr/bin:/bin",
+            "LANG": "C.UTF-8",
+            "HOME": str(home / "home"),
+            "TMPDIR": str(home / "tmp"),
+            "XDG_CACHE_HOME": str(home / "home/.cache"),
+            "XDG_CONFIG_HOME": str(home / "home/.config"),
+            "MPLCONFIGDIR": str(home / "home/.config/matplotlib"),
+            "PREFECT_HOME": str(home / "prefect"),
+            **QUIET,
+            **{f"{name}_NUM_THREADS": "1" for name in ("OMP", "MKL", "OPENBLAS")},
+            "PREFECT_API_URL": self.prefect_api,
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+            "MLFLOW_TRACKING_URI": self.mlflow,
+            "DRIFTLINE_PREDICTION_LOG": self.store(via=gateway),
+            "DRIFTLINE_OPTUNA_STORAGE": (
+                f"postgresql://postgres@{gateway}:{self.ports['postgres']}/"
+                f"{self.databases['store']}"
+            ),
+            "DRIFTLINE_DVC_REMOTE": f"s3://{BUCKET}/dvc",
+            "DRIFTLINE_DATA_BRANCH": DATA_BRANCH,
+            "DRIFTLINE_GIT_URL": self.git_url,
+            "DRIFTLINE_GIT_REF": "main",
+            "AWS_ENDPOINT_URL": self.s3,
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "GIT_AUTHOR_NAME": f"Driftline {host}",
+            "GIT_AUTHOR_EMAIL": f"{host}@driftline.invalid",
+            "GIT_COMMITTER_NAME": f"Driftline {host}",
+            "GIT_COMMITTER_EMAIL": f"{host}@driftline.invalid",
+        }
+        for folder in ("home", "tmp", "prefect"):
+            (home / folder).mkdir(parents=True, exist_ok=True)
+        return env
+
+    def run_on(
+        self, host: str, argv: list[str], cwd: Path, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.network.on(host, argv),
+            cwd=cwd,
+            env=self.host_env(host),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def start_on(self, host: str, name: str, argv: list[str], cwd: Path) -> None:
+        self.start(name, self.network.on(host, argv), self.host_env(host), cwd)
+
+
+def _count(stack: Stack, table: str) -> int:
+    try:
+        [[(count,)]] = sql(stack.store(), f"SELECT count(*) FROM {table}")
+    except Exception:  # not created yet
+        return 0
+    return int(count)
+
+
+# --- the repository ---------------------------------------------------------------------
+
+
+def loop_params() -> dict[str, Any]:
+    """The repo's params on its 2,000-row slice, with the loop's thresholds: the same
+    file serves every host; only the environment says where the services are."""
+    params = sliced_params(Path("tests/fixtures/bike_sharing_2000.csv"))
+    params["tune"]["n_trials"] = 2
+    params["orchestrate"]["retry_delay_seconds"] = 0
+    params["monitor"].update(min_window_rows=300, min_labelled_rows=100, cooldown_minutes=60)
+    # The retrained model must beat the champion on the new (summer) test rows; the
+    # floors were set for a model trained on a whole year.
+    params["evaluate"]["floors"] = {}
+    return params
+
+
+def make_remote(base: Path) -> Path:
+    """A bare git repository holding this checkout's tracked files as `main`, with the
+    test's params.yaml and no dvc.lock (the first run makes the first data version)."""
+    source, served = base / "source", base / "git"
+    listed = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split("\0")
+    for name in filter(None, listed):
+        if name == "dvc.lock" or not (REPO / name).is_file():
+            continue
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, source / name)
+    (source / "params.yaml").write_text(yaml.safe_dump(loop_params(), sort_keys=False))
+    identity = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "tests",
+        "GIT_AUTHOR_EMAIL": "tests@driftline.invalid",
+        "GIT_COMMITTER_NAME": "tests",
+        "GIT_COMMITTER_EMAIL": "tests@driftline.invalid",
+    }
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "Driftline"]):
+        subprocess.run(["git", *args], cwd=source, env=identity, check=True, capture_output=True)
+    served.mkdir()
+    subprocess.run(
+        ["git", "clone", "-q", "--bare", str(source), str(served / "driftline.git")],
+        check=True,
+        capture_output=True,
+    )
+    return served
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    base = tmp_path_factory.mktemp("multihost")
+    network = make_network(HOSTS)
+    tag = network.tag
+    databases = {name: f"driftline_mh_{tag}_{name}" for name in ("prefect", "mlflow", "store")}
+    gateway = network.gateway
+    ports = {name: free_port(gateway) for name in ("prefect", "mlflow", "s3", "git")}
+    ports["postgres"] = free_port(gateway) if network.prefix else 5432
+    stack = Stack(network, base, ports, databases)
+    forwarder: Forwarder | None = None
+    try:
+        sql(PG_ADMIN, *(f'CREATE DATABASE "{name}"' for name in databases.values()))
+        if network.prefix:
+            forwarder = Forwarder((gateway, ports["postgres"]), ("127.0.0.1", 5432))
+            threading.Thread(target=forwarder.serve_forever, daemon=True).start()
+        services = base / "services"
+        (services / "s3" / BUCKET).mkdir(parents=True)
+        served = make_remote(base)
+        env = {
+            "PATH": f"{BIN}{os.pathsep}/usr/local/bin:/usr/bin:/bin",
+            "LANG": "C.UTF-8",
+            "HOME": str(services),
+            "RCLONE_CONFIG": str(services / "rclone.conf"),
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "MLFLOW_S3_ENDPOINT_URL": stack.s3,
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            "PREFECT_HOME": str(services / "prefect"),
+            "PREFECT_API_DATABASE_CONNECTION_URL": (
+                f"postgresql+asyncpg://postgres@127.0.0.1:5432/{databases['prefect']}"
+            ),
+            "PREFECT_UI_ENABLED": "false",
+            **QUIET,
+            **_server_services_off(),
+        }
+        stack.start(
+            "s3",
+            [str(BIN / "rclone"), "serve", "s3", str(services / "s3"), "--addr",
+             f"{gateway}:{ports['s3']}", "--auth-key", f"{ACCESS_KEY},{SECRET_KEY}"],
+            env,
+            services,
+        )  # fmt: skip
+        stack.start(
+            "git-daemon",
+            ["git", "daemon", f"--base-path={served}", "--export-all", "--enable=receive-pack",
+             f"--listen={gateway}", f"--port={ports['git']}", "--reuseaddr", str(served)],
+            env,
+            services,
+        )  # fmt: skip
+        mlflow_db = f"postgresql://postgres@127.0.0.1:5432/{databases['mlflow']}"
+        stack.start(
+            "mlflow",
+            [str(BIN / "mlflow"), "server", "--host", gateway, "--port", str(ports["mlflow"]),
+             "--workers", "1", "--backend-store-uri", mlflow_db,
+             "--artifacts-destination", f"s3://{BUCKET}/mlflow",
+             "--allowed-hosts", f"{gateway},{gateway}:{ports['mlflow']}"],
+            env,
+            services,
+        )  # fmt: skip
+        stack.start(
+            "prefect-server",
+            [str(BIN / "prefect"), "server", "start", "--host", gateway,
+             "--port", str(ports["prefect"])],
+            env,
+            services,
+        )  # fmt: skip
+        for name, url in (
+            ("prefect-server", f"{stack.prefect_api}/health"),
+            ("mlflow", f"{stack.mlflow}/health"),
+        ):
+            wait_for(lambda url=url: answers(url), name, [stack.log(name)], timeout=300)
+        yield stack
+    finally:
+        try:
+            for name in list(stack.processes)[::-1]:
+                stack.stop(name)
+            if forwarder is not None:
+                forwarder.shutdown()
+                forwarder.server_close()
+            drop = (f'DROP DATABASE IF EXISTS "{d}" WITH (FORCE)' for d in databases.values())
+            sql(PG_ADMIN, *drop)
+        finally:
+            remove_network(network)
+
+
+def _server_services_off() -> dict[str, str]:
+    from tests.flows.conftest import SERVER_SERVICES_OFF
+
+    return SERVER_SERVICES_OFF
+
+
+# --- Prefect and MLflow, seen from the test --------------------------------------------
+
+
+@contextlib.contextmanager
+def prefect_at(api: str) -> Iterator[None]:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: api}):
+        yield
+
+
+def flow_runs(deployment: str) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment])),
+            sort=FlowRunSort.START_TIME_ASC,
+        )
+
+
+def finished(runs: list[Any], count: int) -> list[Any] | None:
+    if len(runs) == count and all(run.state and run.state.is_final() for run in runs):
+        return runs
+    return None
+
+
+def run_deployment(name: str, parameters: dict[str, Any]) -> Any:
+    from prefect.deployments import run_deployment as run
+
+    return run(name, parameters=parameters, timeout=0)
+
+
+def registry(stack: Stack) -> tuple[list[str], str | None]:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri=stack.mlflow, registry_uri=stack.mlflow)
+    try:
+        versions = client.search_model_versions("name='driftline'")
+        champion = client.get_model_version_by_alias("driftline", "champion").version
+    except MlflowException:
+        return [], None
+    return sorted(v.version for v in versions), str(champion)
+
+
+# --- traffic ----------------------------------------------------------------------------
+
+
+def get(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def post(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"content-type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def version(server: str) -> str | None:
+    try:
+        return str(get(f"{server}/health")["model_version"])
+    except OSError:
+        return None
+
+
+def records(rows: pd.DataFrame, features: dict[str, list[str]], prefix: str) -> list[dict]:
+    frame = rows.assign(dteday_dayofyear=pd.to_datetime(rows["dteday"]).dt.dayofyear)
+    out = []
+    for position, row in enumerate(frame.to_dict(orient="records")):
+        record = {name: row[name] for name in (*features["numeric"], *features["categorical"])}
+        record.update(id=f"{prefix}-{position}", instant=row["instant"], dteday=row["dteday"])
+        out.append(record)
+    return out
+
+
+def keep_sending(
+    server: str, batch: list[dict], done: threading.Event, failures: list[str], seen: list[str]
+) -> None:
+    while not done.is_set():
+        try:
+            status, body = post(f"{server}/predict", {"records": batch})
+        except OSError as exc:  # refused, reset, timed out: a failed request all the same
+            status, body = 0, {"error": str(exc)}
+        if status != 200:
+            failures.append(f"{status}: {body}")
+        else:
+            seen.append(body["model_version"])
+        time.sleep(0.05)
+
+
+# --- the test ---------------------------------------------------------------------------
+
+
+def test_drift_on_one_host_retrains_on_another_and_a_third_serves_it(stack: Stack) -> None:
+    hosts = {host: stack.host_dir(host) for host in HOSTS}
+    logs = [stack.log(name) for name in ("worker-gpu", "worker-cpu", "serve", "prefect-server")]
+    with prefect_at(stack.prefect_api):
+        # The deployments, made from a clone on the cpu host: the code comes from git.
+        clone = stack.run_on(
+            "cpu", ["git", "clone", "-q", stack.git_url, "driftline"], hosts["cpu"]
+        )
+        assert clone.returncode == 0, clone.stderr
+        deployed = stack.run_on(
+            "cpu", [str(BIN / "python"), "-m", "flows.deployments"], hosts["cpu"] / "driftline"
+        )
+        assert deployed.returncode == 0, deployed.stderr
+        for pool in ("gpu", "cpu"):
+            stack.start_on(
+                pool,
+                f"worker-{pool}",
+                [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process"],
+                hosts[pool],
+            )
+
+        # 1. The first champion, trained on the gpu host in a fresh clone.
+        run_deployment("retraining/training", {})
+        [first] = wait_for(lambda: finished(flow_runs("training"), 1), "the first run", logs)
+        assert first.state.is_completed(), first.state.message
+        assert registry(stack) == (["1"], "1")
+        branch = subprocess.run(
+            ["git", "ls-remote", stack.git_url, DATA_BRANCH], capture_output=True, text=True
+        )
+        assert branch.stdout.strip(), "the data version is on the git remote"
+
+        # 2. The serving host: its own clone, the champion from the registry, the log
+        # in PostgreSQL.
+        serve_addr = stack.network.address("serve")
+        # The host's own network: nothing else listens there.
+        port = 8000 if stack.network.prefix else free_port("127.0.0.1")
+        server = f"http://{serve_addr}:{port}"
+        cloned = stack.run_on(
+            "serve", ["git", "clone", "-q", stack.git_url, "driftline"], hosts["serve"]
+        )
+        assert cloned.returncode == 0, cloned.stderr
+        stack.start_on(
+            "serve",
+            "serve",
+            [str(BIN / "driftline"), "serve", "--host", serve_addr, "--port", str(port),
+             "--poll", "1"],
+            hosts["serve"] / "driftline",
+        )  # fmt: skip
+        wait_for(lambda: version(server) == "1", "the server", logs, timeout=300)
+        features = get(f"{server}/model")["features"]
+        bike = pd.read_csv(HOUR_CSV)
+        drift_start = datetime.now(UTC)
+        summer = bike[(bike["yr"] == 1) & (bike["mnth"].isin([6, 7]))].iloc[:1200]
+        sent = records(summer, features, "summer")
+        for start in range(0, len(sent), 100):
+            status, body = post(f"{server}/predict", {"records": sent[start : start + 100]})
+            assert status == 200, body
+        wait_for(lambda: _count(stack, "predictions") == 1200, "the log in PostgreSQL", logs)
+        labels = hosts["serve"] / "labels.csv"
+        pd.DataFrame(
+            {"id": [r["id"] for r in sent], "label": summer["cnt"].to_numpy(), "time": _now()}
+        ).to_csv(labels, index=False)
+        labelled = stack.run_on(
+            "serve", [str(BIN / "driftline"), "label", str(labels)], hosts["serve"] / "driftline"
+        )
+        assert labelled.returncode == 0, labelled.stderr
+        assert _count(stack, "labels") == 1200
+
+        # 3. Drift: the monitor on the cpu host, the retraining on the gpu host, while
+        # traffic keeps flowing to the serving host.
+        failures: list[str] = []
+        seen: list[str] = []
+        stop_traffic = threading.Event()
+        traffic = threading.Thread(
+            target=keep_sending,
+            args=(server, records(bike.iloc[:5], features, "live"), stop_traffic, failures, seen),
+        )
+        traffic.start()
+        try:
+            run_deployment(
+                "monitoring/monitoring", {"now": _now(), "window_hours": _hours_since(drift_start)}
+            )
+            [monitor] = wait_for(lambda: finished(flow_runs("monitoring"), 1), "the monitor", logs)
+            assert monitor.state.is_completed(), monitor.state.message
+            runs = wait_for(lambda: finished(flow_runs("training"), 2), "the retraining", logs)
+            assert runs[1].state.is_completed(), runs[1].state.message
+            assert registry(stack) == (["1", "2"], "2")
+            wait_for(lambda: version(server) == "2", "the server to reload v2", logs)
+
+            # A duplicate alert for the same window, as a second monitor would send it.
+            decision = _decision(stack)
+            assert decision["drift"] is True, decision["reasons"]
+            _emit_drift(stack.prefect_api, decision)
+            runs = wait_for(lambda: finished(flow_runs("training"), 3), "the duplicate", logs)
+            assert runs[2].state.is_completed(), runs[2].state.message
+        finally:
+            stop_traffic.set()
+            traffic.join()
+        assert failures == []
+        assert {"1", "2"} <= set(seen)  # answers from both versions, none failed
+        ledger = [
+            row._asdict()
+            for row in sql(
+                stack.store(), "SELECT status, fingerprint FROM retrainings ORDER BY id"
+            )[0]
+        ]
+        fingerprint = decision["window"]["fingerprint"]
+        assert [(e["status"], e["fingerprint"]) for e in ledger] == [
+            ("started", fingerprint),
+            ("done", fingerprint),
+            ("refused", fingerprint),
+        ]
+        tags = _version_tags(stack, "2")
+        assert any(json.loads(v).get("trigger") == "drift" for k, v in tags.items()
+                   if k.startswith("driftline.promote."))  # fmt: skip
+
+    # 4. The gpu host's checkouts are gone; the data version is in git and S3.
+    for pool in ("gpu", "cpu"):
+        stack.stop(f"worker-{pool}")
+    shutil.rmtree(hosts["gpu"])
+    elsewhere = stack.base / "elsewhere"
+    elsewhere.mkdir()
+    commands = [
+        ["git", "clone", "-q", "-b", DATA_BRANCH, stack.git_url, "driftline"],
+        [str(BIN / "dvc"), "remote", "add", "--local", "-d", "driftline", f"s3://{BUCKET}/dvc"],
+        [str(BIN / "dvc"), "pull", "-q"],
+        [str(BIN / "dvc"), "status"],
+    ]
+    for position, command in enumerate(commands):
+        done = stack.run_on("serve", command, elsewhere / ("driftline" if position else ""))
+        assert done.returncode == 0, f"{command}: {done.stdout}{done.stderr}"
+    assert "Data and pipelines are up to date" in done.stdout, done.stdout
+    checkout = elsewhere / "driftline"
+    assert (checkout / f"data/landing/production-{fingerprint}.parquet").exists()
+    parts = ("train", "val", "test")
+    split = [pd.read_parquet(checkout / f"data/split/{p}.parquet") for p in parts]
+    assert sum(len(part) for part in split) == 2000 + len(summer)
+    history = subprocess.run(
+        ["git", "log", "--format=%s", DATA_BRANCH], cwd=checkout, capture_output=True, text=True
+    ).stdout.splitlines()
+    versions = [line.split(" run ")[0] for line in history if line.startswith("dvc.lock:")]
+    assert versions == ["dvc.lock: drift training", "dvc.lock: manual training"]
+    assert _count(stack, "predictions") >= 1200 and _count(stack, "labels") == 1200
+
+
+def _decision(stack: Stack) -> dict[str, Any]:
+    """The monitor's decision, as anyone reads it: from its MLflow run."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=stack.mlflow)
+    experiment = client.get_experiment_by_name("driftline-monitoring")
+    [run] = client.search_runs([experiment.experiment_id])
+    target = stack.base / "decision"
+    path = client.download_artifacts(run.info.run_id, "monitoring/decision.json", str(target))
+    return json.loads(Path(path).read_text())
+
+
+def _emit_drift(api: str, decision: dict[str, Any]) -> None:
+    """The event a second monitor would send for the same window. A client of its own:
+    `emit_event` goes through this process's events worker, which a test that ran
+    earlier in the same process may have bound to another server."""
+    import asyncio
+
+    from prefect.events import Event
+    from prefect.events.clients import PrefectEventsClient
+
+    from flows.monitoring import DRIFT_EVENT
+
+    fingerprint = decision["window"]["fingerprint"]
+    event = Event(
+        event=DRIFT_EVENT,
+        resource={"prefect.resource.id": f"driftline.window.{fingerprint}"},
+        payload={
+            "fingerprint": fingerprint,
+            "window": decision["window"],
+            "drift_share": decision["drift_share"],
+            "report": None,
+        },
+    )
+
+    async def send() -> None:
+        async with PrefectEventsClient(api_url=api) as client:
+            await client.emit(event)
+
+    asyncio.run(send())
+
+
+def _version_tags(stack: Stack, number: str) -> dict[str, str]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=stack.mlflow, registry_uri=stack.mlflow)
+    return dict(client.get_model_version("driftline", number).tags)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _hours_since(start: datetime) -> float:
+    return (datetime.now(UTC) - start).total_seconds() / 3600 + 1 / 3600
