@@ -34,9 +34,10 @@ run: $(VENV)/.installed
 	$(BIN)/dvc repro
 	$(BIN)/dvc metrics show
 
-# pytest-xdist: whole files per worker (their fixtures build once), one thread each.
+# pytest-xdist: whole files per worker (their fixtures build once), one thread each, in
+# collection order (tests/conftest.py puts the longest files first), not by test count.
 TEST_WORKERS ?= 2
-PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test: $(VENV)/.installed
 	$(PYTEST)

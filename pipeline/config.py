@@ -511,7 +511,9 @@ class MonitorConfig(Section):
     retrain_pool: str = Field(default="gpu", min_length=1)
     monitor_pool: str = Field(default="cpu", min_length=1)
     reports: str = "reports/monitoring"
-    prediction_log: str = "data/production"
+    # Predictions, late labels and the retraining ledger: a SQLAlchemy URL (a SQLite file
+    # on a laptop, PostgreSQL in production) or a folder of parquet files by day.
+    prediction_log: str = "sqlite:///data/production.db"
     evidently_workspace: str = "evidently"
 
 

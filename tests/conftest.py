@@ -114,6 +114,12 @@ class Project:
         return f"sqlite:///{self.root / 'mlflow.db'}"
 
     @property
+    def store_url(self) -> str:
+        """The prediction store (params' default, `sqlite:///data/production.db`, which
+        the project's processes resolve in its folder), as this process reaches it."""
+        return f"sqlite:///{self.root / 'data/production.db'}"
+
+    @property
     def params_path(self) -> Path:
         return self.root / "params.yaml"
 

@@ -168,6 +168,11 @@ class FlowProject:
     def tracking_uri(self) -> str:
         return f"sqlite:///{self.root / 'mlflow.db'}"
 
+    @property
+    def store_url(self) -> str:
+        """The prediction store, params' default SQLite file, as this process reaches it."""
+        return f"sqlite:///{self.root / 'data/production.db'}"
+
     def lock(self) -> dict[str, Any]:
         return yaml.safe_load((self.root / "dvc.lock").read_text())["stages"]
 

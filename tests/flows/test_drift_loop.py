@@ -1,17 +1,18 @@
-"""The whole loop under a real Prefect server on 127.0.0.1, a process worker on the `gpu`
-pool, and `driftline serve` as a real process:
+"""The whole loop on a laptop, started by `driftline up` and nothing else: its own Prefect
+server (SQLite), both deployments from the project folder, a process worker per pool,
+and `driftline serve`; the prediction store is the default SQLite file. Then:
 
-- a window with no drift emits no event and starts no retraining;
-- drifted traffic with late labels: the monitor emits `driftline.drift.detected`, the
-  trigger starts exactly one retraining, which lands the labelled rows, retrains and
-  promotes a new champion (`trigger: drift`), the landed rows reach the split (the
-  newest are the test period), and the running server reloads it with no failed
-  request;
-- one more alert for the same window (a duplicate) starts no other retraining (the
-  ten-alerts rule itself is unit-tested in tests/unit/test_retraining_guards.py).
+- drifted traffic with late labels: the `monitoring` deployment emits
+  `driftline.drift.detected`, the trigger starts exactly one retraining, which lands the
+  labelled rows, retrains and promotes a new champion (`trigger: drift`), the landed
+  rows reach the split (the newest are the test period), and the running server reloads
+  it with no failed request;
+- `driftline down` stops exactly what `up` started.
 
 The loop starts from a copy of the session's shipped project (champion version 1): the
-training flow's own first run is tested in tests/flows/test_training_flow.py.
+training flow's own first run is tested in tests/flows/test_training_flow.py; the same
+loop across three hosts, with a duplicate alert refused, in tests/multihost/; the
+ten-alerts rule on every ledger store in tests/unit/test_retraining_guards.py.
 """
 
 from __future__ import annotations
@@ -21,10 +22,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,21 +38,35 @@ from tests.flows.conftest import (
     dvc,
     free_port,
     git,
-    stop,
 )
+from tests.loop import (
+    finished,
+    flow_runs,
+    get,
+    hours_since,
+    labels_for,
+    now,
+    prefect_at,
+    requests_for,
+    run_deployment,
+    send,
+    served_version,
+    summer,
+    traffic,
+)
+from tests.multihost.hosts import wait_for
 
 pytestmark = pytest.mark.e2e
 
-HOUR_CSV = REPO / "pipeline/datasets/bike_sharing/hour.csv"
-TIMEOUT = 900.0  # a safety net: the retraining takes about a minute on a quiet machine
+DRIFTLINE = str(Path(sys.executable).parent / "driftline")
 
 
 @pytest.fixture(scope="module")
 def loop_project(
-    prefect_server: str, shipped_template: Project, tmp_path_factory: pytest.TempPathFactory
+    shipped_template: Project, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[FlowProject]:
     """The shipped project (champion version 1) as a checkout with pipeline/ and flows/
-    (the worker runs the flows from it)."""
+    (the workers run the flows from it)."""
     base = tmp_path_factory.mktemp("loop")
     root = base / "project"
     copy_project(shipped_template, root)
@@ -68,6 +79,9 @@ def loop_project(
     (root / "data" / "landing" / ".gitkeep").touch()
     project = FlowProject(root, base / "remote")
     params = driftline_params(retry_delay_seconds=0)
+    # The loop's runs need a model, not a good one: train's params as the one trial.
+    params["tune"]["n_trials"] = 1
+    params["evaluate"]["importance_repeats"] = 1
     params["monitor"].update(min_window_rows=300, min_labelled_rows=100, cooldown_minutes=60)
     # The retrained model must beat the champion on the new (summer) test rows; the
     # floors were set for a model trained on a whole year.
@@ -81,314 +95,123 @@ def loop_project(
         yield project
 
 
-def environment(project: FlowProject, prefect_url: str) -> dict[str, str]:
-    return {
+def laptop_environment(project: FlowProject) -> dict[str, str]:
+    """A laptop's: no service named anywhere; Prefect's state in the project."""
+    env = {
         **os.environ,
         **QUIET,
+        **SERVER_SERVICES_OFF,  # no schedules fire during the test: the test runs the monitor
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "PREFECT_API_URL": prefect_url,
+        "PREFECT_HOME": str(project.root / ".prefect"),
         "PREFECT_WORKER_QUERY_SECONDS": "1",
         "MLFLOW_TRACKING_URI": project.tracking_uri,
     }
+    env.pop("PREFECT_API_URL", None)
+    return env
 
 
-def start(argv: list[str], cwd: Path, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-
-def get(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return json.loads(response.read())
-
-
-def post(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"content-type": "application/json"}
+def driftline(project: FlowProject, *args: str, timeout: float = 300) -> Any:
+    return subprocess.run(
+        [DRIFTLINE, *args],
+        cwd=project.root,
+        env=laptop_environment(project),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
 
 
-def wait_for(check: Any, what: str, log: Path | None = None, timeout: float = TIMEOUT) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(1)
-    tail = log.read_text()[-4000:] if log is not None and log.exists() else ""
-    raise AssertionError(f"timed out waiting for {what}\n{tail}")
+def logged(project: FlowProject) -> int:
+    """Rows in the prediction store (the server flushes it every 2 s)."""
+    from pipeline.prediction_log import read_predictions
 
-
-def requests_for(rows: pd.DataFrame, features: dict[str, list[str]], prefix: str) -> list[dict]:
-    """Raw bike rows as /predict records: the features (with clean's calendar feature),
-    the key and time as context, and an id to join labels on."""
-    frame = rows.assign(dteday_dayofyear=pd.to_datetime(rows["dteday"]).dt.dayofyear)
-    records = []
-    for position, row in enumerate(frame.to_dict(orient="records")):
-        record = {name: row[name] for name in (*features["numeric"], *features["categorical"])}
-        record.update(id=f"{prefix}-{position}", instant=row["instant"], dteday=row["dteday"])
-        records.append(record)
-    return records
-
-
-def send(server: str, records: list[dict]) -> None:
-    for start_at in range(0, len(records), 100):
-        status, body = post(f"{server}/predict", {"records": records[start_at : start_at + 100]})
-        assert status == 200, body
-
-
-def training_runs(deployment_id: str) -> list[Any]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
-
-    with get_client(sync_client=True) as client:
-        return client.read_flow_runs(
-            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
-        )
+    if not (project.root / "data/production.db").exists():
+        return 0
+    return len(read_predictions(project.store_url))
 
 
 def ledger(project: FlowProject) -> list[dict[str, Any]]:
-    path = project.root / "reports/monitoring/retrainings.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
+    from pipeline.retraining import open_ledger
+
+    return open_ledger(project.store_url, project.root / "unused.jsonl").entries()
 
 
-def test_drift_retrains_once_and_serving_reloads(
-    loop_project: FlowProject, prefect_server: str, tmp_path: Path
-) -> None:
-    from flows.deployments import deploy
-    from flows.monitoring import DRIFT_EVENT, monitoring_flow
+def test_driftline_up_runs_the_loop_and_down_stops_it(loop_project: FlowProject) -> None:
+    from pipeline.stack import STATE, Stack, alive
 
     project, root = loop_project, loop_project.root
     assert project.registry() == (["1"], "1")
-
-    env = environment(project, prefect_server)
-    deployed = deploy(root)
-    training_id = deployed["training"]["id"]
-    worker_log, server_log = tmp_path / "worker.log", tmp_path / "server.log"
-    prefect = str(Path(sys.executable).parent / "prefect")
-    driftline = str(Path(sys.executable).parent / "driftline")
-    worker = start(
-        [prefect, "worker", "start", "--pool", "gpu", "--type", "process"],
-        root,
-        env,
-        worker_log,
-    )
-    port = free_port()
-    server = f"http://127.0.0.1:{port}"
-    serving = start(
-        [driftline, "serve", "--host", "127.0.0.1", "--port", str(port), "--poll", "1"],
-        root,
-        env,
-        server_log,
-    )
-    failures: list[str] = []
-    answered: list[str] = []  # the model version of every answer during the reload
-    stop_traffic = threading.Event()
-    try:
-        wait_for(lambda: _health(server), "the server", server_log, timeout=300)
-        features = get(f"{server}/model")["features"]
-        bike = pd.read_csv(HOUR_CSV)
-
-        # A window like the training data: no drift, no event, no retraining.
-        calm_start = datetime.now(UTC)
-        calm_rows = bike.iloc[:1400].sample(n=600, random_state=0)  # the training period
-        send(server, requests_for(calm_rows, features, "calm"))
-        wait_for(lambda: logged(root) == 600, "the log to hold the calm rows", server_log)
-        calm = monitoring_flow(str(root), now=_now(), window_hours=_hours_since(calm_start))
-        assert calm["window"]["rows"] == 600 and calm["drift"] is False, calm["reasons"]
-
-        # Summer 2012 traffic, labelled: the data and the model's quality drift.
-        drift_start = datetime.now(UTC)
-        # Enough of it that a time split trains on some summer rows too.
-        summer = bike[(bike["yr"] == 1) & (bike["mnth"].isin([6, 7]))].iloc[:1200]
-        send(server, requests_for(summer, features, "summer"))
-        labels = tmp_path / "labels.csv"
-        pd.DataFrame(
-            {
-                "id": [f"summer-{i}" for i in range(len(summer))],
-                "label": summer["cnt"].to_numpy(),
-                "time": _now(),
-            }
-        ).to_csv(labels, index=False)
-        wait_for(lambda: logged(root) == 1800, "the log to hold the summer rows", server_log)
-        labelled = subprocess.run(
-            [driftline, "label", str(labels)], cwd=root, env=env, capture_output=True, text=True
-        )
-        assert labelled.returncode == 0, labelled.stderr
-        assert training_runs(training_id) == []  # the calm window started nothing
-
-        drifted = monitoring_flow(str(root), now=_now(), window_hours=_hours_since(drift_start))
-        # Traffic keeps flowing through the retraining and the reload.
-        live = requests_for(bike.iloc[:50], features, "live")
-        traffic = threading.Thread(
-            target=_keep_sending, args=(server, live, stop_traffic, failures, answered)
-        )
-        traffic.start()
-        assert drifted["drift"] is True, drifted["reasons"]
-        assert drifted["quality"]["judged"] and drifted["window"]["labelled"] == 1200
-        fingerprint = drifted["window"]["fingerprint"]
-        assert Path(drifted["files"]["html"]).exists() and Path(drifted["files"]["json"]).exists()
-
-        wait_for(
-            lambda: any(e["status"] == "done" for e in ledger(project)),
-            "the retraining",
-            worker_log,
-        )
-        versions, champion = project.registry()
-        assert champion == "2" and versions == ["1", "2"]
-        record = json.loads((root / "reports/promotions.jsonl").read_text().splitlines()[-1])
-        assert record["trigger"] == "drift" and record["action"] == "promote"
-        assert (root / f"data/landing/production-{fingerprint}.parquet").exists()
-        # The landed rows reached the split, and the newest of them are the test period.
-        parts = [
-            pd.read_parquet(root / f"data/split/{p}.parquet") for p in ("train", "val", "test")
-        ]
-        assert sum(len(part) for part in parts) == 2000 + len(summer)
-        assert parts[2]["instant"].max() == summer["instant"].max()
-        wait_for(lambda: _health(server) == "2", "the server to reload v2", server_log)
-
-        # One more alert for the same window: a duplicate, refused.
-        from prefect.events import emit_event
-
-        decisions = (root / "reports/monitoring/decisions.jsonl").read_text().splitlines()
-        payload = json.loads(decisions[-1])
-        emit_event(
-            event=DRIFT_EVENT,
-            resource={"prefect.resource.id": f"driftline.window.{fingerprint}"},
-            payload={
-                "fingerprint": fingerprint,
-                "window": payload["window"],
-                "drift_share": payload["drift_share"],
-                "report": payload["report"],
-            },
-        )
-        from tests.flows.conftest import drain_prefect_workers
-
-        drain_prefect_workers()
-        wait_for(
-            lambda: sum(e["status"] == "refused" for e in ledger(project)) == 1,
-            "the refusal",
-            worker_log,
-        )
-        runs = wait_for(
-            lambda: (
-                (found := training_runs(training_id))
-                and len(found) == 2
-                and all(run.state and run.state.is_final() for run in found)
-                and found
-            ),
-            "two finished training runs",
-            worker_log,
-        )
-        assert all(run.state.is_completed() for run in runs)
-        started = [e for e in ledger(project) if e["status"] == "started"]
-        assert [e["fingerprint"] for e in started] == [fingerprint]
-        refused = [e for e in ledger(project) if e["status"] == "refused"]
-        assert all("duplicate alert" in e["reason"] for e in refused)
-        assert project.registry()[1] == "2"
-    finally:
-        stop_traffic.set()
-        for process in (worker, serving):
-            stop(process)
-    assert failures == []
-    assert {"1", "2"} <= set(answered)  # answers from both versions, none failed
-
-
-def logged(root: Path) -> int:
-    """Rows in the prediction log (the server flushes it every 2 s)."""
-    from pipeline.prediction_log import read_predictions
-
-    log = root / "data/production"
-    return len(read_predictions(log)) if log.exists() else 0
-
-
-def _health(server: str) -> str | None:
-    try:
-        return str(get(f"{server}/health")["model_version"])
-    except OSError:
-        return None
-
-
-def _keep_sending(
-    server: str,
-    records: list[dict],
-    done: threading.Event,
-    failures: list[str],
-    answered: list[str],
-) -> None:
-    while not done.is_set():
-        try:
-            status, body = post(f"{server}/predict", {"records": records[:5]})
-        except OSError as exc:  # refused, reset, timed out: a failed request all the same
-            status, body = 0, {"error": str(exc)}
-        if status != 200:
-            failures.append(f"{status}: {body}")
-        else:
-            answered.append(body["model_version"])
-        time.sleep(0.05)
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat()
-
-
-def _hours_since(start: datetime) -> float:
-    return (datetime.now(UTC) - start).total_seconds() / 3600 + 1 / 3600
-
-
-def test_up_starts_the_loop_and_down_stops_it(
-    loop_project: FlowProject, prefect_server: str
-) -> None:
-    """`driftline up` in a project with a champion: Prefect, pools, deployments, workers
-    and the API answer; `driftline down` stops exactly those processes."""
-    from pipeline.stack import Stack, alive
-
-    root = loop_project.root
-    env = {
-        **environment(loop_project, "unused"),
-        **SERVER_SERVICES_OFF,
-        "PREFECT_HOME": str(root / ".prefect"),
-    }
-    env.pop("PREFECT_API_URL")
-    driftline = str(Path(sys.executable).parent / "driftline")
     port, prefect_port = free_port(), free_port()
-    started = subprocess.run(
-        [driftline, "up", "--port", str(port), "--prefect-port", str(prefect_port)],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    server, api = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{prefect_port}/api"
+    logs = [root / ".driftline/logs" / f"{name}.log" for name in ("worker-gpu", "serve")]
+
+    started = driftline(project, "up", "--port", str(port), "--prefect-port", str(prefect_port))
     stack = Stack.load(root)
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         assert f"Prefect UI:      http://127.0.0.1:{prefect_port}" in started.stdout
-        assert _health(f"http://127.0.0.1:{port}") == loop_project.registry()[1]
+        assert served_version(server) == "1"
         assert stack is not None
         names = {process.name for process in stack.processes}
         assert names == {"prefect-server", "worker-gpu", "worker-cpu", "serve"}
-        again = subprocess.run(
-            [driftline, "up", "--port", str(port)],
-            cwd=root,
-            env=env,
-            capture_output=True,
-            text=True,
-        )
+        again = driftline(project, "up", "--port", str(port))
         assert again.returncode == 1 and "the stack is up already" in again.stderr
+
+        # Summer 2012 traffic, labelled: the data and the model's quality drift.
+        features = get(f"{server}/model")["features"]
+        drift_start = datetime.now(UTC)
+        # Enough of it that a time split trains on some summer rows too.
+        rows = summer()
+        sent = requests_for(rows, features, "summer")
+        send(server, sent)
+        wait_for(lambda: logged(project) == len(rows), "the log to hold the rows", logs)
+        labels_for(sent, rows).to_csv(root / "labels.csv", index=False)
+        labelled = driftline(project, "label", "labels.csv")
+        assert labelled.returncode == 0, labelled.stderr
+
+        with (
+            prefect_at(api),
+            traffic(server, requests_for(rows.head(5), features, "live")) as (
+                failures,
+                seen,
+            ),
+        ):
+            # The monitoring deployment, as its schedule would run it, on the cpu worker.
+            run_deployment(
+                "monitoring/monitoring", {"now": now(), "window_hours": hours_since(drift_start)}
+            )
+            [check] = wait_for(lambda: finished(flow_runs("monitoring"), 1), "the monitor", logs)
+            assert check.state.is_completed(), check.state.message
+            [retraining] = wait_for(lambda: finished(flow_runs("training"), 1), "retrain", logs)
+            assert retraining.state.is_completed(), retraining.state.message
+            decision = _last_decision(root)
+            assert decision["drift"] is True, decision["reasons"]
+            assert decision["quality"]["judged"] and decision["window"]["labelled"] == len(rows)
+            fingerprint = decision["window"]["fingerprint"]
+            assert project.registry() == (["1", "2"], "2")
+            wait_for(lambda: served_version(server) == "2", "the server to reload v2", logs)
     finally:
-        stopped = subprocess.run(
-            [driftline, "down"], cwd=root, env=env, capture_output=True, text=True, timeout=120
-        )
+        stopped = driftline(project, "down", timeout=120)
     assert stopped.returncode == 0 and "serve" in stopped.stdout
-    assert not any(alive(process.pid) for process in stack.processes)
-    assert _health(f"http://127.0.0.1:{port}") is None
+    assert stack is not None and not any(alive(process.pid) for process in stack.processes)
+    assert served_version(server) is None and not (root / STATE).exists()
+    assert failures == []
+    assert {"1", "2"} <= set(seen)  # answers from both versions, none failed
+
+    record = json.loads((root / "reports/promotions.jsonl").read_text().splitlines()[-1])
+    assert record["trigger"] == "drift" and record["action"] == "promote"
+    landed = root / f"data/landing/production-{fingerprint}.parquet"
+    assert landed.exists() and landed.with_name(landed.name + ".dvc").exists()
+    # The landed rows reached the split, and the newest of them are the test period.
+    parts = [pd.read_parquet(root / f"data/split/{p}.parquet") for p in ("train", "val", "test")]
+    assert sum(len(part) for part in parts) == 2000 + len(rows)
+    assert parts[2]["instant"].max() == rows["instant"].max()
+    assert [(e["status"], e["fingerprint"]) for e in ledger(project)] == [
+        ("started", fingerprint),
+        ("done", fingerprint),
+    ]
+
+
+def _last_decision(root: Path) -> dict[str, Any]:
+    lines = (root / "reports/monitoring/decisions.jsonl").read_text().splitlines()
+    return json.loads(lines[-1])

@@ -92,7 +92,7 @@ def log_traffic(project: Project, frame: pd.DataFrame, when: datetime) -> list[s
         }
         for request_id, record in zip(ids, frame.to_dict(orient="records"), strict=True)
     ]
-    log = PredictionLog.parquet(project.root / "data/production", start=False)
+    log = PredictionLog.sql(project.store_url, start=False)
     log.append(rows)
     log.close()
     return ids
@@ -103,7 +103,7 @@ def send_labels(project: Project, ids: list[str], labels: list[Any]) -> None:
 
     file = project.root / f"labels-{uuid.uuid4().hex[:6]}.csv"
     pd.DataFrame({"id": ids, "label": labels, "time": NOW.isoformat()}).to_csv(file, index=False)
-    stored = store_labels(file, str(project.root / "data/production"))
+    stored = store_labels(file, project.store_url)
     assert stored.matched == len(ids)
 
 
@@ -119,8 +119,9 @@ def decisions(project: Project) -> list[dict[str, Any]]:
 
 
 def ledger(project: Project) -> list[dict[str, Any]]:
-    path = project.root / "reports/monitoring/retrainings.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    from pipeline.retraining import open_ledger
+
+    return open_ledger(project.store_url, project.root / "unused.jsonl").entries()
 
 
 def retrain(project: Project, window: dict[str, Any]) -> Any:
@@ -140,7 +141,7 @@ def retrain(project: Project, window: dict[str, Any]) -> Any:
 def read_window(project: Project) -> Any:
     from pipeline.monitoring import read_window
 
-    return read_window(project.root / "data/production", 1, NOW)
+    return read_window(project.store_url, 1, NOW)
 
 
 # --- monitoring -----------------------------------------------------------------------

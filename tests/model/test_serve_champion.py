@@ -92,9 +92,9 @@ def test_serve_reloads_the_champion_and_logs_predictions(produced: Project) -> N
         output, _ = server.communicate(timeout=30)
     assert "Traceback" not in output, output
 
-    logged = pd.concat(
-        pd.read_parquet(p) for p in (project.root / "data/production").rglob("part-*.parquet")
-    )
+    from pipeline.prediction_log import read_predictions
+
+    logged = read_predictions(project.store_url)
     assert len(logged) >= 6 and set(logged["model_version"]) == {"1", "2"}
     labels = pd.DataFrame(
         {

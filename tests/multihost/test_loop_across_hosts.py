@@ -29,7 +29,6 @@ directories and environments on 127.0.0.1, sharing no path.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -37,9 +36,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -51,6 +47,22 @@ import pytest
 import yaml
 
 from tests.conftest import QUIET, REPO, sliced_params
+from tests.loop import (
+    emit_drift,
+    finished,
+    flow_runs,
+    get,
+    hours_since,
+    labels_for,
+    now,
+    prefect_at,
+    requests_for,
+    run_deployment,
+    send,
+    served_version,
+    summer,
+    traffic,
+)
 from tests.multihost.hosts import (
     Forwarder,
     Network,
@@ -206,7 +218,9 @@ def loop_params() -> dict[str, Any]:
     """The repo's params on its 2,000-row slice, with the loop's thresholds: the same
     file serves every host; only the environment says where the services are."""
     params = sliced_params(Path("tests/fixtures/bike_sharing_2000.csv"))
-    params["tune"]["n_trials"] = 2
+    # The loop's runs need a model, not a good one: train's params as the one trial.
+    params["tune"]["n_trials"] = 1
+    params["evaluate"]["importance_repeats"] = 1
     params["orchestrate"]["retry_delay_seconds"] = 0
     params["monitor"].update(min_window_rows=300, min_labelled_rows=100, cooldown_minutes=60)
     # The retrained model must beat the champion on the new (summer) test rows; the
@@ -339,39 +353,7 @@ def _server_services_off() -> dict[str, str]:
     return SERVER_SERVICES_OFF
 
 
-# --- Prefect and MLflow, seen from the test --------------------------------------------
-
-
-@contextlib.contextmanager
-def prefect_at(api: str) -> Iterator[None]:
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings(updates={PREFECT_API_URL: api}):
-        yield
-
-
-def flow_runs(deployment: str) -> list[Any]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
-    from prefect.client.schemas.sorting import FlowRunSort
-
-    with get_client(sync_client=True) as client:
-        return client.read_flow_runs(
-            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment])),
-            sort=FlowRunSort.START_TIME_ASC,
-        )
-
-
-def finished(runs: list[Any], count: int) -> list[Any] | None:
-    if len(runs) == count and all(run.state and run.state.is_final() for run in runs):
-        return runs
-    return None
-
-
-def run_deployment(name: str, parameters: dict[str, Any]) -> Any:
-    from prefect.deployments import run_deployment as run
-
-    return run(name, parameters=parameters, timeout=0)
+# --- MLflow, seen from the test --------------------------------------------------------
 
 
 def registry(stack: Stack) -> tuple[list[str], str | None]:
@@ -385,57 +367,6 @@ def registry(stack: Stack) -> tuple[list[str], str | None]:
     except MlflowException:
         return [], None
     return sorted(v.version for v in versions), str(champion)
-
-
-# --- traffic ----------------------------------------------------------------------------
-
-
-def get(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return json.loads(response.read())
-
-
-def post(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"content-type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
-
-
-def version(server: str) -> str | None:
-    try:
-        return str(get(f"{server}/health")["model_version"])
-    except OSError:
-        return None
-
-
-def records(rows: pd.DataFrame, features: dict[str, list[str]], prefix: str) -> list[dict]:
-    frame = rows.assign(dteday_dayofyear=pd.to_datetime(rows["dteday"]).dt.dayofyear)
-    out = []
-    for position, row in enumerate(frame.to_dict(orient="records")):
-        record = {name: row[name] for name in (*features["numeric"], *features["categorical"])}
-        record.update(id=f"{prefix}-{position}", instant=row["instant"], dteday=row["dteday"])
-        out.append(record)
-    return out
-
-
-def keep_sending(
-    server: str, batch: list[dict], done: threading.Event, failures: list[str], seen: list[str]
-) -> None:
-    while not done.is_set():
-        try:
-            status, body = post(f"{server}/predict", {"records": batch})
-        except OSError as exc:  # refused, reset, timed out: a failed request all the same
-            status, body = 0, {"error": str(exc)}
-        if status != 200:
-            failures.append(f"{status}: {body}")
-        else:
-            seen.append(body["model_version"])
-        time.sleep(0.05)
 
 
 # --- the test ---------------------------------------------------------------------------
@@ -489,20 +420,15 @@ def test_drift_on_one_host_retrains_on_another_and_a_third_serves_it(stack: Stac
              "--poll", "1"],
             hosts["serve"] / "driftline",
         )  # fmt: skip
-        wait_for(lambda: version(server) == "1", "the server", logs, timeout=300)
+        wait_for(lambda: served_version(server) == "1", "the server", logs, timeout=300)
         features = get(f"{server}/model")["features"]
-        bike = pd.read_csv(HOUR_CSV)
         drift_start = datetime.now(UTC)
-        summer = bike[(bike["yr"] == 1) & (bike["mnth"].isin([6, 7]))].iloc[:1200]
-        sent = records(summer, features, "summer")
-        for start in range(0, len(sent), 100):
-            status, body = post(f"{server}/predict", {"records": sent[start : start + 100]})
-            assert status == 200, body
+        rows = summer()
+        sent = requests_for(rows, features, "summer")
+        send(server, sent)
         wait_for(lambda: _count(stack, "predictions") == 1200, "the log in PostgreSQL", logs)
         labels = hosts["serve"] / "labels.csv"
-        pd.DataFrame(
-            {"id": [r["id"] for r in sent], "label": summer["cnt"].to_numpy(), "time": _now()}
-        ).to_csv(labels, index=False)
+        labels_for(sent, rows).to_csv(labels, index=False)
         labelled = stack.run_on(
             "serve", [str(BIN / "driftline"), "label", str(labels)], hosts["serve"] / "driftline"
         )
@@ -511,34 +437,24 @@ def test_drift_on_one_host_retrains_on_another_and_a_third_serves_it(stack: Stac
 
         # 3. Drift: the monitor on the cpu host, the retraining on the gpu host, while
         # traffic keeps flowing to the serving host.
-        failures: list[str] = []
-        seen: list[str] = []
-        stop_traffic = threading.Event()
-        traffic = threading.Thread(
-            target=keep_sending,
-            args=(server, records(bike.iloc[:5], features, "live"), stop_traffic, failures, seen),
-        )
-        traffic.start()
-        try:
+        live = requests_for(rows.head(5), features, "live")
+        with traffic(server, live) as (failures, seen):
             run_deployment(
-                "monitoring/monitoring", {"now": _now(), "window_hours": _hours_since(drift_start)}
+                "monitoring/monitoring", {"now": now(), "window_hours": hours_since(drift_start)}
             )
             [monitor] = wait_for(lambda: finished(flow_runs("monitoring"), 1), "the monitor", logs)
             assert monitor.state.is_completed(), monitor.state.message
             runs = wait_for(lambda: finished(flow_runs("training"), 2), "the retraining", logs)
             assert runs[1].state.is_completed(), runs[1].state.message
             assert registry(stack) == (["1", "2"], "2")
-            wait_for(lambda: version(server) == "2", "the server to reload v2", logs)
+            wait_for(lambda: served_version(server) == "2", "the server to reload v2", logs)
 
             # A duplicate alert for the same window, as a second monitor would send it.
             decision = _decision(stack)
             assert decision["drift"] is True, decision["reasons"]
-            _emit_drift(stack.prefect_api, decision)
+            emit_drift(stack.prefect_api, decision)
             runs = wait_for(lambda: finished(flow_runs("training"), 3), "the duplicate", logs)
             assert runs[2].state.is_completed(), runs[2].state.message
-        finally:
-            stop_traffic.set()
-            traffic.join()
         assert failures == []
         assert {"1", "2"} <= set(seen)  # answers from both versions, none failed
         ledger = [
@@ -577,7 +493,7 @@ def test_drift_on_one_host_retrains_on_another_and_a_third_serves_it(stack: Stac
     assert (checkout / f"data/landing/production-{fingerprint}.parquet").exists()
     parts = ("train", "val", "test")
     split = [pd.read_parquet(checkout / f"data/split/{p}.parquet") for p in parts]
-    assert sum(len(part) for part in split) == 2000 + len(summer)
+    assert sum(len(part) for part in split) == 2000 + len(rows)
     history = subprocess.run(
         ["git", "log", "--format=%s", DATA_BRANCH], cwd=checkout, capture_output=True, text=True
     ).stdout.splitlines()
@@ -598,46 +514,8 @@ def _decision(stack: Stack) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
 
 
-def _emit_drift(api: str, decision: dict[str, Any]) -> None:
-    """The event a second monitor would send for the same window. A client of its own:
-    `emit_event` goes through this process's events worker, which a test that ran
-    earlier in the same process may have bound to another server."""
-    import asyncio
-
-    from prefect.events import Event
-    from prefect.events.clients import PrefectEventsClient
-
-    from flows.monitoring import DRIFT_EVENT
-
-    fingerprint = decision["window"]["fingerprint"]
-    event = Event(
-        event=DRIFT_EVENT,
-        resource={"prefect.resource.id": f"driftline.window.{fingerprint}"},
-        payload={
-            "fingerprint": fingerprint,
-            "window": decision["window"],
-            "drift_share": decision["drift_share"],
-            "report": None,
-        },
-    )
-
-    async def send() -> None:
-        async with PrefectEventsClient(api_url=api) as client:
-            await client.emit(event)
-
-    asyncio.run(send())
-
-
 def _version_tags(stack: Stack, number: str) -> dict[str, str]:
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=stack.mlflow, registry_uri=stack.mlflow)
     return dict(client.get_model_version("driftline", number).tags)
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat()
-
-
-def _hours_since(start: datetime) -> float:
-    return (datetime.now(UTC) - start).total_seconds() / 3600 + 1 / 3600
