@@ -8,6 +8,7 @@ import os
 import shutil
 import sqlite3
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -309,3 +310,44 @@ def trained(trained_template: Project, tmp_path: Path, monkeypatch: pytest.Monke
 def shipped(shipped_template: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Project:
     """A project after all nine stages: champion version 1 in its own registry."""
     return _use(copy_project(shipped_template, tmp_path / "shipped"), monkeypatch)
+
+
+# --- PostgreSQL -------------------------------------------------------------------------
+
+
+def postgres_url() -> str:
+    """The test database; skipped only outside CI when nothing listens."""
+    import sqlalchemy
+
+    url = os.environ.get(
+        "DRIFTLINE_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+    )
+    try:
+        engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": 3})
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"PostgreSQL not reachable: {exc}")
+    return url
+
+
+@contextlib.contextmanager
+def postgres_schema() -> Iterator[str]:
+    """A URL of the test database whose tables land in a schema of the caller's own,
+    dropped afterwards, so that its tables meet nobody else's."""
+    import sqlalchemy
+
+    base = postgres_url()
+    schema = f"driftline_{uuid.uuid4().hex[:8]}"
+    engine = sqlalchemy.create_engine(base)
+    with engine.begin() as connection:
+        connection.execute(sqlalchemy.text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield f"{base}?options=-csearch_path%3D{schema}"
+    finally:
+        with engine.begin() as connection:
+            connection.execute(sqlalchemy.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        engine.dispose()

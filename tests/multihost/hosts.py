@@ -15,13 +15,16 @@ import shutil
 import socket
 import socketserver
 import subprocess
+import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tests.conftest import ONE_THREAD, QUIET
+
+BIN = Path(sys.executable).parent
 
 
 @dataclass
@@ -128,12 +131,24 @@ def free_port(address: str) -> int:
         return probe.getsockname()[1]
 
 
-def answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
+def host_environment(home: Path) -> dict[str, str]:
+    """A host's own environment: this interpreter's tools, its folders under `home`
+    (made here), telemetry off, one thread per library; no variable of the test's own
+    process and no path outside `home`. Callers add where the services are."""
+    for folder in ("home", "tmp", "prefect"):
+        (home / folder).mkdir(parents=True, exist_ok=True)
+    return {
+        "PATH": f"{BIN}{os.pathsep}/usr/local/bin:/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "HOME": str(home / "home"),
+        "TMPDIR": str(home / "tmp"),
+        "XDG_CACHE_HOME": str(home / "home/.cache"),
+        "XDG_CONFIG_HOME": str(home / "home/.config"),
+        "MPLCONFIGDIR": str(home / "home/.config/matplotlib"),
+        "PREFECT_HOME": str(home / "prefect"),
+        **QUIET,
+        **ONE_THREAD,
+    }
 
 
 def wait_for(check: Any, what: str, logs: list[Path] = (), timeout: float = 900) -> Any:

@@ -46,6 +46,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from pipeline.stack import answers
 from tests.conftest import QUIET, REPO, sliced_params
 from tests.loop import (
     emit_drift,
@@ -66,8 +67,8 @@ from tests.loop import (
 from tests.multihost.hosts import (
     Forwarder,
     Network,
-    answers,
     free_port,
+    host_environment,
     make_network,
     remove_network,
     sql,
@@ -149,19 +150,9 @@ class Stack:
     def host_env(self, host: str) -> dict[str, str]:
         """What a machine of the stack is told: where each service is, and nothing else
         (no variable of this test's own process, no path outside the host's folder)."""
-        home = self.host_dir(host)
         gateway = self.network.gateway
-        env = {
-            "PATH": f"{BIN}{os.pathsep}/usr/local/bin:/usr/bin:/bin",
-            "LANG": "C.UTF-8",
-            "HOME": str(home / "home"),
-            "TMPDIR": str(home / "tmp"),
-            "XDG_CACHE_HOME": str(home / "home/.cache"),
-            "XDG_CONFIG_HOME": str(home / "home/.config"),
-            "MPLCONFIGDIR": str(home / "home/.config/matplotlib"),
-            "PREFECT_HOME": str(home / "prefect"),
-            **QUIET,
-            **{f"{name}_NUM_THREADS": "1" for name in ("OMP", "MKL", "OPENBLAS")},
+        return {
+            **host_environment(self.host_dir(host)),
             "PREFECT_API_URL": self.prefect_api,
             "PREFECT_WORKER_QUERY_SECONDS": "1",
             "MLFLOW_TRACKING_URI": self.mlflow,
@@ -183,9 +174,6 @@ class Stack:
             "GIT_COMMITTER_NAME": f"Driftline {host}",
             "GIT_COMMITTER_EMAIL": f"{host}@driftline.invalid",
         }
-        for folder in ("home", "tmp", "prefect"):
-            (home / folder).mkdir(parents=True, exist_ok=True)
-        return env
 
     def run_on(
         self, host: str, argv: list[str], cwd: Path, timeout: float = 300

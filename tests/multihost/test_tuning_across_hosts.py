@@ -30,11 +30,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.conftest import ONE_THREAD, QUIET, Project, copy_project
+from tests.conftest import Project, copy_project
 from tests.multihost.hosts import (
     Forwarder,
     Network,
     free_port,
+    host_environment,
     make_network,
     remove_network,
     sql,
@@ -89,20 +90,8 @@ class TuningHosts:
 
     def host_env(self, host: str) -> dict[str, str]:
         """What a worker is told: where the study is, and nothing else."""
-        home = self.folder(host)
-        for folder in ("home", "tmp", "prefect"):
-            (home / folder).mkdir(parents=True, exist_ok=True)
         return {
-            "PATH": f"{BIN}{os.pathsep}/usr/local/bin:/usr/bin:/bin",
-            "LANG": "C.UTF-8",
-            "HOME": str(home / "home"),
-            "TMPDIR": str(home / "tmp"),
-            "XDG_CACHE_HOME": str(home / "home/.cache"),
-            "XDG_CONFIG_HOME": str(home / "home/.config"),
-            "MPLCONFIGDIR": str(home / "home/.config/matplotlib"),
-            "PREFECT_HOME": str(home / "prefect"),
-            **QUIET,
-            **ONE_THREAD,
+            **host_environment(self.folder(host)),
             "DRIFTLINE_OPTUNA_STORAGE": self.storage(via=self.network.gateway),
         }
 

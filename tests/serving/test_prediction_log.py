@@ -4,7 +4,6 @@ back as they went in, and late labels join on the request id."""
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -16,6 +15,7 @@ import pytest
 
 from pipeline.errors import DataError
 from pipeline.prediction_log import PredictionLog, join_labels, read_predictions
+from tests.conftest import postgres_schema, postgres_url
 
 DAY = datetime(2026, 3, 1, 23, 50, 0, tzinfo=UTC)
 
@@ -122,25 +122,6 @@ def test_sqlite_table_round_trip(tmp_path: Path) -> None:
     assert list(read_predictions(url, since=DAY + timedelta(hours=1))["request_id"]) == ["b", "c"]
 
 
-def postgres_url() -> str:
-    """The test database; skipped only outside CI when nothing listens."""
-    import sqlalchemy
-
-    url = os.environ.get(
-        "DRIFTLINE_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
-    )
-    try:
-        engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": 3})
-        with engine.connect():
-            pass
-        engine.dispose()
-    except Exception as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"PostgreSQL not reachable: {exc}")
-    return url
-
-
 def test_postgres_table_round_trip() -> None:
     import sqlalchemy
 
@@ -191,21 +172,9 @@ def test_labels_for_a_sql_log_go_to_its_database(tmp_path: Path) -> None:
 def test_labels_for_a_postgres_log_go_to_its_database(tmp_path: Path) -> None:
     """In a schema of the test's own, so that its `predictions` and `labels` tables meet
     nobody else's."""
-    import sqlalchemy
-
-    base = postgres_url()
-    schema = f"driftline_{uuid.uuid4().hex[:8]}"
-    engine = sqlalchemy.create_engine(base)
-    with engine.begin() as connection:
-        connection.execute(sqlalchemy.text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        url = f"{base}?options=-csearch_path%3D{schema}"
+    with postgres_schema() as url:
         stored, window = labelled_window(url, tmp_path)
-        assert stored.matched == 1 and window.labelled == 1
-    finally:
-        with engine.begin() as connection:
-            connection.execute(sqlalchemy.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        engine.dispose()
+    assert stored.matched == 1 and window.labelled == 1
 
 
 def test_late_labels_join_on_the_request_id() -> None:

@@ -16,7 +16,7 @@ import pytest
 from pipeline.errors import DataError
 from pipeline.monitoring import Window, production_batch
 from pipeline.retraining import Claim, RetrainingLedger, open_ledger
-from tests.unit.test_retraining_ledger_sql import postgres_schema
+from tests.conftest import postgres_schema
 
 NOW = datetime(2026, 11, 21, 12, tzinfo=UTC)
 COOLDOWN = timedelta(hours=6)

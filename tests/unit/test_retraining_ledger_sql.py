@@ -6,12 +6,9 @@ test_retraining_guards.py."""
 from __future__ import annotations
 
 import multiprocessing
-import os
 import sqlite3
 import time
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,47 +24,12 @@ from pipeline.retraining import (
     SqlRetrainingLedger,
     open_ledger,
 )
+from tests.conftest import postgres_schema
 
 NOW = datetime(2026, 11, 21, 12, tzinfo=UTC)
 HOSTS = 4
 # Long enough for every host to read before any writes, were claims not serialised.
 SLOW_HOST_SECONDS = 0.2
-
-
-def postgres_url() -> str:
-    """The test database; skipped only outside CI when nothing listens."""
-    import sqlalchemy
-
-    url = os.environ.get("DRIFTLINE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-    try:
-        engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": 3})
-        with engine.connect():
-            pass
-        engine.dispose()
-    except Exception as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"PostgreSQL not reachable: {exc}")
-    return url
-
-
-@contextmanager
-def postgres_schema() -> Iterator[str]:
-    """A URL of the test database whose tables land in a schema of the caller's own,
-    dropped afterwards, so that its `retrainings` table meets nobody else's."""
-    import sqlalchemy
-
-    base = postgres_url()
-    schema = f"driftline_{uuid.uuid4().hex[:8]}"
-    engine = sqlalchemy.create_engine(base)
-    with engine.begin() as connection:
-        connection.execute(sqlalchemy.text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield f"{base}?options=-csearch_path%3D{schema}"
-    finally:
-        with engine.begin() as connection:
-            connection.execute(sqlalchemy.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        engine.dispose()
 
 
 @pytest.fixture(params=("sqlite", "postgresql"))
