@@ -298,8 +298,16 @@ def _wait_served(stack: Stack, version: str, report: Callable[[str], None]) -> N
 
 
 def summary_lines(outcome: Outcome, stack_ui: str, params: Params) -> list[str]:
+    from pipeline.prediction_log import is_sql_url
+    from pipeline.sources import mask_url
     from pipeline.tracking import tracking_uri
 
+    log = params.monitor.prediction_log
+    ledger = (
+        f"the retrainings table of {mask_url(log)}"
+        if is_sql_url(log)
+        else f"{params.monitor.reports}/retrainings.jsonl"
+    )
     drifted = sum(1 for check in outcome.checks if check["drift"])
     promoted = [r for r in outcome.retrainings if r.get("action") == "promote"]
     return [
@@ -308,8 +316,8 @@ def summary_lines(outcome: Outcome, stack_ui: str, params: Params) -> list[str]:
         f"monitor: {len(outcome.checks)} checks, {drifted} with drift",
         f"retrainings: {len(outcome.retrainings)}, promoted: {len(promoted)}",
         f"champion served: v{outcome.champion_before} -> v{outcome.champion_after}",
-        f"reports: {params.monitor.reports}/ (decisions.jsonl, retrainings.jsonl, one folder "
-        "per check with the Evidently report), reports/promotions.jsonl",
+        f"reports: {params.monitor.reports}/ (decisions.jsonl, one folder per check with the "
+        f"Evidently report), reports/promotions.jsonl; the retraining ledger: {ledger}",
         f"Prefect UI: {stack_ui}; MLflow: mlflow ui --backend-store-uri "
         f"{tracking_uri(params.mlflow)}; Evidently: evidently ui --workspace "
         f"{params.monitor.evidently_workspace}",
