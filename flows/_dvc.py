@@ -207,7 +207,7 @@ def plan(root: Path) -> Plan:
         return Plan(names, repo.config["core"].get("remote"))
 
 
-def _target(root: Path, stage: str) -> str:
+def stage_target(root: Path, stage: str) -> str:
     """An absolute DVC target for a stage name: DVC resolves targets from the cwd."""
     dvcfile, _, name = stage.rpartition(":")
     return f"{root / (dvcfile or DVC_YAML)}:{name}"
@@ -305,7 +305,7 @@ def reproduce_stage(
     try:
         with _open(root) as repo, _dvc_log(log_handler) as seen, _stderr_kept() as stderr:
             done = repo.reproduce(
-                targets=[_target(root, stage)],
+                targets=[stage_target(root, stage)],
                 single_item=True,
                 force=force,
                 pull=pull,
@@ -350,23 +350,14 @@ def track(root: Path, path: Path) -> Path:
     return path.with_name(path.name + ".dvc")
 
 
-def pull_outputs(root: Path, stage: str) -> None:
-    """Fetch and check out a stage's outputs as `dvc.lock` records them."""
-    try:
-        with _open(root) as repo:
-            repo.pull(targets=[_target(root, stage)])
-    except Exception as exc:
-        failure = classify(exc)
-        raise PushFailed(failure.reason, failure.transient, "dvc pull") from exc
-
-
-def pull_tracked(root: Path, files: list[Path]) -> None:
-    """Fetch and check out what these `.dvc` files track, from the default remote."""
-    if not files:
+def pull(root: Path, targets: list[str]) -> None:
+    """Fetch and check out from the default remote what `targets` name: a stage (its
+    outputs as `dvc.lock` records them, see `stage_target`) or a `.dvc` file."""
+    if not targets:
         return
     try:
         with _open(root) as repo:
-            repo.pull(targets=[str(file) for file in files])
+            repo.pull(targets=targets)
     except Exception as exc:
         failure = classify(exc)
         raise PushFailed(failure.reason, failure.transient, "dvc pull") from exc

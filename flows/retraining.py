@@ -42,7 +42,7 @@ def prepare_checkout(root: Path, params: Any) -> None:
             retries=orchestrate.retries, retry_delay_seconds=orchestrate.retry_delay_seconds
         )(str(root), orchestrate.git_branch, params.data.landing)
     if not (root / "data/raw/schema.yaml").exists() and _dvc.plan(root).remote is not None:
-        _dvc.pull_outputs(root, "ingest")
+        _dvc.pull(root, [_dvc.stage_target(root, "ingest")])
 
 
 @task(name="land production data", **_TASK)

@@ -95,7 +95,7 @@ def restore_data_version(root: str, branch: str, landing: str) -> str | None:
     if commit is None:
         return None
     batches = sorted((Path(root) / landing).glob("*.dvc"))
-    _dvc.pull_tracked(Path(root), batches)
+    _dvc.pull(Path(root), [str(batch) for batch in batches])
     logger.info("data version %s of %s: %d landed batch(es)", commit[:12], branch, len(batches))
     return commit
 
