@@ -282,7 +282,9 @@ class XGBoostConfig(Section):
     reg_lambda: float = Field(default=1.0, ge=0)
     reg_alpha: float = Field(default=0.0, ge=0)
     early_stopping_rounds: int = Field(default=50, ge=1)
-    n_jobs: int = Field(default=0, ge=0, description="0: all cores")
+    # One thread per fit: on a shared or small machine, more threads wait on each other
+    # (OpenMP spinning) more than they compute; 0 takes every core.
+    n_jobs: int = Field(default=1, ge=0, description="threads per fit; 0: all cores")
 
 
 class SklearnConfig(Section):
@@ -294,7 +296,7 @@ class SklearnConfig(Section):
     max_depth: int | None = Field(default=None, ge=1)
     min_samples_leaf: int = Field(default=1, ge=1)
     max_features: float = Field(default=0.5, gt=0, le=1)
-    n_jobs: int = Field(default=-1)
+    n_jobs: int = Field(default=1, description="forest: parallel trees; -1: every core")
 
 
 class TorchConfig(Section):
@@ -327,6 +329,16 @@ FAMILY_CONFIGS: dict[str, type[Section]] = {
     "torch": TorchConfig,
 }
 ThresholdMetric = Literal["f1", "balanced_accuracy", "accuracy", "none"]
+Objective = Literal["auto", "squared_error", "poisson", "tweedie", "log1p"]
+Calibration = Literal["auto", "isotonic", "sigmoid", "none"]
+# What each family can fit besides squared error (log1p works for every family: it
+# transforms the target and squares the error on that scale).
+FAMILY_OBJECTIVES: dict[str, tuple[str, ...]] = {
+    "xgboost": ("squared_error", "poisson", "tweedie", "log1p"),
+    "sklearn.forest": ("squared_error", "poisson", "log1p"),
+    "sklearn.linear": ("squared_error", "poisson", "tweedie", "log1p"),
+    "torch": ("squared_error", "poisson", "log1p"),
+}
 
 
 class TrainConfig(Section):
@@ -342,12 +354,44 @@ class TrainConfig(Section):
     # After early stopping picks the rounds/epochs on val, fit again on train + val with
     # that many, so the model learns from the newest rows before test.
     refit: bool = True
+    # Regression: the loss. auto: for a count target (whole numbers >= 0) the one of
+    # squared_error, poisson and log1p (squared error on log(1 + y)) that scores best on
+    # the selection folds; otherwise squared_error.
+    objective: Objective = "auto"
+    tweedie_power: float = Field(default=1.5, gt=1, lt=2, description="tweedie: variance power")
+    # Classification: probabilities are calibrated on val after class weighting; auto
+    # picks isotonic, sigmoid or none by log loss, cross-fitted on the val rows.
+    calibration: Calibration = "auto"
+    # Time-ordered data: choices (the objective, the tuned params) are scored on this many
+    # rolling-origin folds over the val period, each early-stopped on the rows before it
+    # and refitted as the final model is. 0: scored on val alone.
+    selection_folds: int = Field(default=3, ge=0, le=10)
     xgboost: XGBoostConfig = Field(default_factory=XGBoostConfig)
     sklearn: SklearnConfig = Field(default_factory=SklearnConfig)
     torch: TorchConfig = Field(default_factory=TorchConfig)
 
     def family_config(self) -> XGBoostConfig | SklearnConfig | TorchConfig:
         return getattr(self, self.model)
+
+    def objectives(self) -> tuple[str, ...]:
+        """The objectives the configured family (and sklearn estimator) can fit."""
+        if self.model == "sklearn":
+            return FAMILY_OBJECTIVES[f"sklearn.{self.sklearn.estimator}"]
+        return FAMILY_OBJECTIVES[self.model]
+
+    @model_validator(mode="after")
+    def _objective_fits_family(self) -> TrainConfig:
+        if self.selection_folds == 1:
+            raise ValueError("selection_folds must be 0 (score on val) or at least 2")
+        if self.objective != "auto" and self.objective not in self.objectives():
+            family = self.model + (
+                f" ({self.sklearn.estimator})" if self.model == "sklearn" else ""
+            )
+            raise ValueError(
+                f"objective: {self.objective} is not available for {family}: "
+                f"use one of auto, {', '.join(self.objectives())}"
+            )
+        return self
 
     def recorded(self) -> dict[str, Any]:
         """The params a run records: the general ones and the chosen family's."""
@@ -394,6 +438,9 @@ class TuneConfig(Section):
     sampler_seed: int = 42
     pruner: Literal["hyperband", "median", "none"] = "hyperband"
     cv_folds: int = Field(default=0, ge=0, description="0: score on val; k >= 2: k-fold on train")
+    # Tuned params replace train's only when they score better on the selection folds
+    # (or val) by at least this share of train's loss.
+    min_improvement: float = Field(default=0.01, ge=0, lt=1)
     search_space: dict[Family, dict[str, SearchRange]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -551,6 +598,11 @@ class Params(Section):
     def _consistent(self) -> Params:
         if self.split.method == "time" and self.data.time_column is None:
             raise ValueError("split.method is time, so data.time_column must name the time column")
+        if self.tune.cv_folds and self.time_ordered:
+            raise ValueError(
+                "tune.cv_folds: time-ordered data is scored on rolling-origin folds over the "
+                "val period (train.selection_folds); set cv_folds to 0"
+            )
         if self.train.model == "torch" and self.tune.n_jobs > 1:
             # Threads would share torch's global RNG and thread count between trials.
             raise ValueError(
@@ -558,6 +610,15 @@ class Params(Section):
                 "at 1 and add processes with `driftline tune --search-only` instead"
             )
         return self
+
+    @property
+    def time_ordered(self) -> bool:
+        """Whether split cuts by time or row order, so later rows must be predicted from
+        earlier ones (split's `auto` goes by time when there is a time column)."""
+        method = self.split.method
+        return method in ("time", "ordered") or (
+            method == "auto" and self.data.time_column is not None
+        )
 
 
 def load_params(path: Path = DEFAULT_PARAMS) -> Params:

@@ -5,7 +5,8 @@ xgboost through onnxmltools (input: `FeatureSpec.encoded_matrix`), scikit-learn 
 skl2onnx with the whole Pipeline inside the graph (one input per column), torch through
 `torch.onnx.export` of the learner's `ScoringModule` (inputs `numeric` and `codes`).
 Every graph returns what `TabularModel.predict_raw` returns: regression values, or class
-probabilities in `classes` order.
+probabilities in `classes` order. What the model adds after its learner (expm1 for a
+log1p target, the probability calibrator) is appended to the graph as plain ONNX ops.
 
 `OnnxModel` is what serving loads: ONNX bytes plus the model's JSON metadata, never a
 pickle. Its inputs are the `FeatureArrays` training builds (from a frame, or from
@@ -53,7 +54,118 @@ def export_onnx(model: TabularModel) -> bytes:
     exporters = {"xgboost": _export_xgboost, "sklearn": _export_sklearn, "torch": _export_torch}
     if model.family not in exporters:
         raise OnnxExportError(f"no ONNX export for the {model.family!r} family")
-    return exporters[model.family](model)
+    return _with_finish(exporters[model.family](model), model)
+
+
+def _with_finish(onnx_bytes: bytes, model: TabularModel) -> bytes:
+    """The graph with `TabularModel.finish` appended to its output: expm1 for a log1p
+    target, or the calibrator's maps (`pipeline.calibration`) on the probabilities."""
+    if model.objective != "log1p" and model.calibrator is None:
+        return onnx_bytes
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph_model = onnx.load_from_string(onnx_bytes)
+    graph = graph_model.graph
+    source = graph.output[0]
+    nodes: list[Any] = []
+    constants: list[Any] = []
+    count = [0]
+
+    def name(stem: str) -> str:
+        count[0] += 1
+        return f"driftline_finish_{stem}_{count[0]}"
+
+    def constant(values: Any, stem: str) -> str:
+        tensor = numpy_helper.from_array(np.asarray(values, dtype=np.float32), name(stem))
+        constants.append(tensor)
+        return tensor.name
+
+    def op(kind: str, inputs: list[str], stem: str, **attributes: Any) -> str:
+        out = name(stem)
+        nodes.append(helper.make_node(kind, inputs, [out], **attributes))
+        return out
+
+    if model.objective == "log1p":
+        result = op("Sub", [op("Exp", [source.name], "exp"), constant(1.0, "one")], "expm1")
+    else:
+        calibrator = model.calibrator
+        assert calibrator is not None
+
+        def calibrate(column: int) -> str:
+            mapping = calibrator.maps[0 if len(calibrator.maps) == 1 else column]
+            index = numpy_helper.from_array(np.asarray([column], dtype=np.int64), name("column"))
+            constants.append(index)
+            p = op("Gather", [source.name, index.name], "p", axis=1)  # [n, 1]
+            if calibrator.method == "sigmoid":
+                low, high = constant(1e-6, "low"), constant(1 - 1e-6, "high")
+                clipped = op("Min", [op("Max", [p, low], "max"), high], "clip")
+                one_minus = op("Sub", [constant(1.0, "one"), clipped], "complement")
+                odds = op("Sub", [op("Log", [clipped], "log"), op("Log", [one_minus], "log")], "z")
+                scaled = op("Mul", [odds, constant(mapping["a"], "a")], "az")
+                return op("Sigmoid", [op("Add", [scaled, constant(mapping["b"], "b")], "azb")], "q")
+            # Linear interpolation between knots, flat beyond them: y0 plus, per segment,
+            # its slope times how far p reaches into it.
+            x, y = np.asarray(mapping["x"]), np.asarray(mapping["y"])
+            if len(x) < 2:
+                return op(
+                    "Add",
+                    [
+                        op("Mul", [p, constant(0.0, "zero")], "zero"),
+                        constant(y[0] if len(y) else 0.5, "y0"),
+                    ],
+                    "q",
+                )
+            width = np.diff(x)
+            keep = width > 0
+            lows, highs = x[:-1][keep], x[1:][keep]
+            slopes = (np.diff(y)[keep] / width[keep]).reshape(-1, 1)
+            lows_name = constant(lows.reshape(1, -1), "lows")
+            reach = op(
+                "Sub",
+                [
+                    op(
+                        "Min",
+                        [op("Max", [p, lows_name], "max"), constant(highs.reshape(1, -1), "highs")],
+                        "min",
+                    ),
+                    lows_name,
+                ],
+                "reach",
+            )
+            return op(
+                "Add",
+                [op("MatMul", [reach, constant(slopes, "slopes")], "rise"), constant(y[0], "y0")],
+                "q",
+            )
+
+        width = len(model.classes)
+        if len(calibrator.maps) == 1:  # binary: the positive class, then its complement
+            positive = calibrate(1)
+            negative = op("Sub", [constant(1.0, "one"), positive], "negative")
+            result = op("Concat", [negative, positive], "probabilities", axis=1)
+        else:
+            columns = op("Concat", [calibrate(c) for c in range(width)], "columns", axis=1)
+            axes = numpy_helper.from_array(np.asarray([1], dtype=np.int64), name("axes"))
+            constants.append(axes)
+            total = op("ReduceSum", [columns, axes.name], "total", keepdims=1)
+            result = op("Div", [columns, total], "probabilities")
+    source_type = source.type.tensor_type
+    if source_type.elem_type != TensorProto.FLOAT:
+        raise OnnxExportError("the graph's output is not float32: cannot append the finish")
+    graph.node.extend(nodes)
+    graph.initializer.extend(constants)
+    if not any(entry.domain in ("", "ai.onnx") for entry in graph_model.opset_import):
+        # onnxmltools' tree graphs use the ML domain only; the ops above need the default.
+        graph_model.opset_import.append(helper.make_opsetid("", XGBOOST_OPSET))
+    shape = (
+        [None] if model.task == "regression" and len(source_type.shape.dim) == 1 else [None, None]
+    )
+    finished = helper.make_tensor_value_info(result, TensorProto.FLOAT, shape)
+    del graph.output[:]
+    graph.output.append(finished)
+    onnx.checker.check_model(graph_model)
+    return graph_model.SerializeToString()
 
 
 def _export_xgboost(model: TabularModel) -> bytes:

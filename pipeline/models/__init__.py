@@ -1,9 +1,12 @@
 """One model interface over three families: xgboost, scikit-learn and torch.
 
 `fit_model` learns the feature spec and the class encoding from train rows, fits the
-family chosen by `train.model` with early stopping on val, picks the binary decision
-threshold on val. `refit_model` (`train.refit`) fits it again on train + val for the
-steps early stopping kept.
+family chosen by `train.model` with early stopping on val, then, for classes,
+calibrates the probabilities on val (`pipeline.calibration`) and picks the binary
+decision threshold on the calibrated ones. For regression the objective decides the
+loss (squared error, Poisson, Tweedie) or transforms the target (`log1p`: the learner
+fits log(1 + y) and predictions come back through expm1). `refit_model`
+(`train.refit`) fits it again on train + val for the steps early stopping kept.
 The result, a `TabularModel`, predicts from raw columns and saves to a folder:
 `model.json` (everything but the weights) plus the family's native file.
 Family modules are imported only when used, so nothing here imports torch.
@@ -22,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.artifacts import staged_directory
+from pipeline.calibration import Calibrator, choose_calibration
 from pipeline.config import Family, TrainConfig
 from pipeline.errors import ConfigError, DataError
 from pipeline.features import FeatureArrays, FeatureSpec, category_text
@@ -56,14 +60,27 @@ class TabularModel(Decisions):
     classes: list[Any] = field(default_factory=list)
     threshold: float | None = None
     threshold_metric: str | None = None
+    # Regression: the objective fitted (squared_error, poisson, tweedie or log1p).
+    objective: str | None = None
+    calibrator: Calibrator | None = None
+    # How the choices were made: the objective's and calibration's figures.
+    selection: dict[str, Any] = field(default_factory=dict)
 
     def predict_raw(self, frame: pd.DataFrame) -> np.ndarray:
         """Regression values, or class probabilities (n, k) in `classes` order."""
-        return self.learner.predict_raw(self.features.prepare(frame))
+        return self.finish(self.learner.predict_raw(self.features.prepare(frame)))
 
     def predict_arrays(self, arrays: FeatureArrays) -> np.ndarray:
         """`predict_raw` for prepared features (`FeatureSpec.arrays`/`record_arrays`)."""
-        return self.learner.predict_arrays(arrays)
+        return self.finish(self.learner.predict_arrays(arrays))
+
+    def finish(self, raw: np.ndarray) -> np.ndarray:
+        """The learner's output in target units: back from log1p, or calibrated."""
+        if self.objective == "log1p":
+            return np.expm1(raw)
+        if self.calibrator is not None:
+            return self.calibrator.apply(raw)
+        return raw
 
     def save(self, directory: Path) -> None:
         """Write the model folder atomically: a failed save leaves the old one intact."""
@@ -85,6 +102,9 @@ class TabularModel(Decisions):
             "classes": self.classes,
             "threshold": self.threshold,
             "threshold_metric": self.threshold_metric,
+            "objective": self.objective,
+            "calibration": self.calibrator.to_dict() if self.calibrator else None,
+            "selection": self.selection,
             "params": self.params,
             "report": self.report.to_dict(),
         }
@@ -115,6 +135,9 @@ def load_model(directory: Path) -> TabularModel:
         classes=meta["classes"],
         threshold=meta["threshold"],
         threshold_metric=meta["threshold_metric"],
+        objective=meta.get("objective"),
+        calibrator=Calibrator.from_dict(meta.get("calibration")),
+        selection=meta.get("selection", {}),
     )
 
 
@@ -129,10 +152,17 @@ def fit_model(
     """Fit `config.model` on train with early stopping on val.
 
     `family_params` overrides the family's params (tune passes a trial's choices).
+    `train.objective: auto` is resolved before this by `pipeline.selection`; here it
+    means squared error.
     """
+    objective = resolved_objective(config, spec)
     data, classes = training_data(train, val, spec, config)
     params = config.family_config().model_dump(mode="json")
     params.update(family_params or {})
+    if objective is not None:
+        params["loss"] = "squared_error" if objective == "log1p" else objective
+        if objective == "tweedie":
+            params["tweedie_power"] = config.tweedie_power
     device = resolve_device(config.device, config.model)
     learner = learner_class(config.model)(
         params, data.features, data.task, data.n_classes, device=device, seed=config.seed
@@ -147,12 +177,24 @@ def fit_model(
         params=params,
         report=report,
         classes=classes,
+        objective=objective,
     )
+    if spec.task != "regression":
+        raw = learner.predict_raw(data.x_val)
+        model.calibrator, figures = choose_calibration(data.y_val, raw, config.calibration)
+        model.selection = {"calibration": figures}
     if spec.task == "binary" and config.threshold_metric != "none":
-        probabilities = learner.predict_raw(data.x_val)[:, 1]
+        probabilities = model.finish(learner.predict_raw(data.x_val))[:, 1]
         model.threshold = pick_threshold(data.y_val, probabilities, config.threshold_metric)
         model.threshold_metric = config.threshold_metric
     return model
+
+
+def resolved_objective(config: TrainConfig, spec: DatasetSpec) -> str | None:
+    """The regression objective to fit (auto: squared error); None for classes."""
+    if spec.task != "regression":
+        return None
+    return "squared_error" if config.objective == "auto" else config.objective
 
 
 def refit_model(
@@ -166,9 +208,12 @@ def refit_model(
     kept (`train.refit`), so it learns from the newest rows before test.
 
     The feature spec and class weights are learned again from those rows; the params,
-    the classes, the threshold picked on val and the early-stopped report (with
-    `refit_rows`) are kept. Score val with `model` first: the refit has seen it.
+    the objective, the classes, the calibrator and threshold fitted on val and the
+    early-stopped report (with `refit_rows`) are kept. Score val with `model` first:
+    the refit has seen it.
     """
+    if model.objective is not None:
+        config = config.model_copy(update={"objective": model.objective})
     data, _ = training_data(pd.concat([train, val], ignore_index=True), val, spec, config)
     device = resolve_device(config.device, config.model)
     learner = learner_class(model.family)(
@@ -197,6 +242,10 @@ def training_data(
     if spec.task == "regression":
         y_train = pd.to_numeric(train[spec.target], errors="raise").to_numpy(dtype=np.float64)
         y_val = pd.to_numeric(val[spec.target], errors="raise").to_numpy(dtype=np.float64)
+        objective = resolved_objective(config, spec)
+        _check_target_fits(objective, np.concatenate([y_train, y_val]), spec.target)
+        if objective == "log1p":
+            y_train, y_val = np.log1p(y_train), np.log1p(y_val)
         data = TrainingData(features, spec.task, 0, x_train, y_train, x_val, y_val)
         return data, []
     classes = class_order(train[spec.target], spec.task, config.positive_class)
@@ -210,6 +259,15 @@ def training_data(
         features, spec.task, len(classes), x_train, y_train, x_val, y_val, class_weights=weights
     )
     return data, classes
+
+
+def _check_target_fits(objective: str | None, y: np.ndarray, target: str) -> None:
+    lowest = float(np.min(y)) if len(y) else 0.0
+    if objective in ("poisson", "tweedie", "log1p") and lowest < 0:
+        raise ConfigError(
+            f"train.objective: {objective} needs a target >= 0, but {target!r} goes down to "
+            f"{lowest:g}: use squared_error"
+        )
 
 
 def class_order(target: pd.Series, task: str, positive: Any = None) -> list[Any]:

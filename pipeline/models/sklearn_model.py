@@ -29,7 +29,12 @@ def build_pipeline(
     from sklearn.compose import ColumnTransformer
     from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
     from sklearn.impute import SimpleImputer
-    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.linear_model import (
+        LogisticRegression,
+        PoissonRegressor,
+        Ridge,
+        TweedieRegressor,
+    )
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
@@ -50,15 +55,24 @@ def build_pipeline(
         ],
         remainder="drop",
     )
-    if linear and task == "regression":
-        estimator: Any = Ridge(alpha=config["alpha"])
+    loss = config.get("loss", "squared_error")
+    if linear and task == "regression" and loss == "poisson":
+        estimator: Any = PoissonRegressor(alpha=config["alpha"], max_iter=1000)
+    elif linear and task == "regression" and loss == "tweedie":
+        estimator = TweedieRegressor(
+            power=config["tweedie_power"], alpha=config["alpha"], link="log", max_iter=1000
+        )
+    elif linear and task == "regression":
+        estimator = Ridge(alpha=config["alpha"])
     elif linear:
         estimator = LogisticRegression(
             C=1.0 / config["alpha"], max_iter=2000, class_weight=class_weight
         )
     else:
         forest = RandomForestRegressor if task == "regression" else RandomForestClassifier
-        options = {"class_weight": class_weight} if task != "regression" else {}
+        options: dict[str, Any] = {"class_weight": class_weight}
+        if task == "regression":
+            options = {"criterion": loss}  # squared_error | poisson
         estimator = forest(
             n_estimators=config["n_estimators"],
             max_depth=config["max_depth"],

@@ -7,7 +7,8 @@ regression values in target units, or class probabilities.
 
 The checkpoint `mlp.pt` holds tensors and plain python values only, so it loads with
 `torch.load(..., weights_only=True)`: `config` (an `MLPConfig` as a dict), `state_dict`
-(the network's, numeric mean/std buffers included) and `target` (regression mean/std).
+(the network's, numeric mean/std buffers included) and `target` (regression mean/std,
+and `log_link` for the Poisson loss, where the network predicts the log of the rate).
 """
 
 from __future__ import annotations
@@ -169,22 +170,33 @@ class TabularMLP(nn.Module):
 class ScoringModule(nn.Module):
     """What `predict_raw` returns, as one module to export: `forward(numeric float32
     [n, k_num], codes int64 [n, k_cat])` gives regression values [n] in target units, or
-    class probabilities [n, k]."""
+    class probabilities [n, k]. With `log_link` (the Poisson loss) the network's scaled
+    output is the log of the predicted rate."""
 
     def __init__(
-        self, network: TabularMLP, target_mean: float = 0.0, target_std: float = 1.0
+        self,
+        network: TabularMLP,
+        target_mean: float = 0.0,
+        target_std: float = 1.0,
+        log_link: bool = False,
     ) -> None:
         super().__init__()
         self.network = network
         self.regression = network.config.task == "regression"
+        self.log_link = log_link
         self.register_buffer("target_mean", torch.tensor(target_mean, dtype=torch.float32))
         self.register_buffer("target_std", torch.tensor(target_std, dtype=torch.float32))
 
     def forward(self, numeric: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         output = self.network(numeric, codes)
         if self.regression:
-            return output.squeeze(-1) * self.target_std + self.target_mean
+            value = self.linear_predictor(output)
+            return torch.exp(value) if self.log_link else value
         return torch.softmax(output, dim=-1)
+
+    def linear_predictor(self, output: torch.Tensor) -> torch.Tensor:
+        """The network's output [n, 1] in target units, or in log units with `log_link`."""
+        return output.squeeze(-1) * self.target_std + self.target_mean
 
 
 class TorchLearner(Learner):
@@ -225,15 +237,26 @@ class TorchLearner(Learner):
         network.numeric_mean.copy_(torch.from_numpy(mean))
         network.numeric_std.copy_(torch.from_numpy(std))
         target_mean, target_std = 0.0, 1.0
-        if self.task == "regression":
+        poisson = self.task == "regression" and self.config.get("loss") == "poisson"
+        if poisson:
+            # The log of the mean rate, so training starts from the constant model.
+            target_mean = math.log(max(float(np.mean(data.y_train)), 1e-6))
+        elif self.task == "regression":
             target_mean, target_std = _target_stats(data.y_train)
-        scorer = ScoringModule(network, target_mean, target_std).to(device)
+        scorer = ScoringModule(network, target_mean, target_std, log_link=poisson).to(device)
 
         x_numeric = torch.from_numpy(numeric).to(device)
         x_codes = torch.from_numpy(self.features.category_codes(data.x_train)).to(device)
-        if self.task == "regression":
+        if poisson:
+            y = torch.from_numpy(np.asarray(data.y_train, dtype=np.float32)).to(device)
+            poisson_loss = nn.PoissonNLLLoss(log_input=True)
+
+            def loss_fn(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+                return poisson_loss(scorer.linear_predictor(output.unsqueeze(-1)), target)
+
+        elif self.task == "regression":
             y = torch.from_numpy((data.y_train - target_mean) / target_std).float().to(device)
-            loss_fn: nn.Module = nn.MSELoss()
+            loss_fn = nn.MSELoss()
         else:
             y = torch.from_numpy(np.asarray(data.y_train, dtype=np.int64)).to(device)
             weight = None
@@ -313,7 +336,7 @@ class TorchLearner(Learner):
         checkpoint = {
             "config": asdict(scorer.network.config),
             "state_dict": {k: v.cpu() for k, v in scorer.network.state_dict().items()},
-            "target": {"mean": target_mean, "std": target_std},
+            "target": {"mean": target_mean, "std": target_std, "log_link": scorer.log_link},
         }
         torch.save(checkpoint, Path(directory) / CHECKPOINT_FILE)
 
@@ -338,7 +361,9 @@ class TorchLearner(Learner):
         network.load_state_dict(checkpoint["state_dict"])
         target = checkpoint["target"]
         learner = cls(config, features, task, n_classes, device="cpu")
-        learner.scorer = ScoringModule(network, target["mean"], target["std"]).eval()
+        learner.scorer = ScoringModule(
+            network, target["mean"], target["std"], log_link=bool(target.get("log_link", False))
+        ).eval()
         return learner
 
     def _fitted(self) -> ScoringModule:
@@ -354,7 +379,10 @@ class TorchLearner(Learner):
 def training_settings(config: dict[str, Any]) -> TorchConfig:
     """The family's params as a typed config; a bad value names its key."""
     try:
-        return TorchConfig.model_validate(config)
+        # The loss keys come from `train.objective`, not from the family's section.
+        return TorchConfig.model_validate(
+            {key: value for key, value in config.items() if key not in ("loss", "tweedie_power")}
+        )
     except ValidationError as exc:
         raise ConfigError(f"train.torch: {describe_errors(exc)}") from None
 

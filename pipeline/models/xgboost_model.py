@@ -24,6 +24,13 @@ _OBJECTIVES = {
     "binary": ("binary:logistic", "logloss"),
     "multiclass": ("multi:softprob", "mlogloss"),
 }
+# Regression losses (`train.objective`); early stopping still watches RMSE. The log-link
+# ones predict on the response scale, and onnxmltools exports their link.
+_REGRESSION_LOSSES = {
+    "squared_error": "reg:squarederror",
+    "poisson": "count:poisson",
+    "tweedie": "reg:tweedie",
+}
 
 
 class _ReportRounds(xgb.callback.TrainingCallback):
@@ -62,6 +69,10 @@ class XGBoostLearner(Learner):
             "seed": self.seed,
             "nthread": config["n_jobs"] or os.cpu_count() or 1,
         }
+        if self.task == "regression":
+            params["objective"] = _REGRESSION_LOSSES[config.get("loss", "squared_error")]
+            if params["objective"] == "reg:tweedie":
+                params["tweedie_variance_power"] = config["tweedie_power"]
         if self.task == "multiclass":
             params["num_class"] = self.n_classes
         if self.task == "binary" and data.class_weights is not None:

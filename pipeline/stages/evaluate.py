@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -331,6 +331,15 @@ def main(
         champion.version if champion else None,
         champion_error=incompatible,
     )
+    budget = tuned_summary.get("budget", {})
+    if "cut_by_timeout" in budget:
+        # A time cap makes the study depend on the machine's load: say so where it counts.
+        decision = replace(
+            decision,
+            reason=f"{decision.reason} (tuning was cut by tune.timeout "
+            f"({budget['cut_by_timeout']:g} s) after {budget['finished']} of "
+            f"{budget['n_trials']} trials)",
+        )
 
     importance = permutation_importance(
         candidate, val_rows, spec.target, metric, config.importance_repeats, config.seed

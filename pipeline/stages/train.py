@@ -1,5 +1,10 @@
 """train: fit the family named by `train.model` with its params as given (untuned).
 
+With `train.objective: auto` and a count target, it first scores squared error,
+Poisson and log1p (`pipeline.selection`: rolling-origin folds over the val period on
+time-ordered data, else val) and fits the best; the figures go to the report and to
+`model.json`, where tune finds the objective and the loss its trials must beat.
+
 Outputs: `models/candidate/` (the model folder), `reports/train.json` (the MLflow run,
 val metrics, device and timing) and `metrics/train.json`. Test rows are not read.
 The run in MLflow holds the params, val metrics, loss curve, model, git commit and
@@ -27,12 +32,24 @@ if TYPE_CHECKING:
 
 
 def train(
-    train_rows: pd.DataFrame, val_rows: pd.DataFrame, spec: DatasetSpec, config: TrainConfig
+    train_rows: pd.DataFrame,
+    val_rows: pd.DataFrame,
+    spec: DatasetSpec,
+    config: TrainConfig,
+    time_ordered: bool = False,
 ) -> TabularModel:
-    """Fit the configured family on train, early-stopping on val."""
+    """Choose the objective, then fit the family on train, early-stopping on val. The
+    model's `selection` records the choice and its loss (the one tune compares with)."""
     from pipeline.models import fit_model
+    from pipeline.selection import choose_objective, rolling_folds
 
-    return fit_model(train_rows, val_rows, spec, config)
+    folds = rolling_folds(train_rows, val_rows, config.selection_folds) if time_ordered else []
+    choice = choose_objective(train_rows, val_rows, spec, config, folds)
+    if choice.objective is not None:
+        config = config.model_copy(update={"objective": choice.objective})
+    model = choice.score.model or fit_model(train_rows, val_rows, spec, config)
+    model.selection = {**model.selection, "objective": choice.figures}
+    return model
 
 
 @report_user_errors
@@ -64,7 +81,7 @@ def main(
 
     experiment_id = tracking.start_tracking(loaded.mlflow)
     started = time.perf_counter()
-    model = train(train_rows, val_rows, spec, config)
+    model = train(train_rows, val_rows, spec, config, loaded.time_ordered)
     val_metrics = rounded(score(model, val_rows, spec.target).metrics)
     if config.refit:
         from pipeline.models import refit_model
@@ -81,16 +98,22 @@ def main(
         tracking.tracking_errors(loaded.mlflow),
         mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{config.model}") as run,
     ):
+        provenance = tracking.provenance_tags([train_path, val_path])
+        # Tune compares its trials with this loss only for the same split files.
+        model.selection["data_version"] = provenance["driftline.data_version"]
+        model.selection["val"] = val_metrics  # the early-stopped model's, before the refit
         model.write(staged)
         mlflow.set_tags(
             {
                 "driftline.stage": "train",
                 "driftline.family": config.model,
                 "driftline.device": model.report.device,
-                **tracking.provenance_tags([train_path, val_path]),
+                "driftline.objective": str(model.objective),
+                **provenance,
             }
         )
         mlflow.log_params(tracking.flat_params("train", config.recorded()))
+        mlflow.log_metric("selection_loss", model.selection["objective"]["loss"])
         val_logged = {f"val_{name}": value for name, value in val_metrics.items()}
         model_uri = tracking.log_fitted_model(model, staged, val_logged, val_rows)
         mlflow.log_metric("train_seconds", seconds)
@@ -104,14 +127,17 @@ def main(
         "val_loss": round(model.report.val_loss, 6),
         "refit_rows": model.report.refit_rows,
         "threshold": model.threshold,
+        "objective": model.objective,
+        "selection": model.selection,
         "seconds": round(seconds, 3),
         "val": val_metrics,
     }
     write_json_atomic(report, summary)
     write_json_atomic(metrics, {f"val_{name}": value for name, value in val_metrics.items()})
     shown = ", ".join(f"{name} {value:.4g}" for name, value in list(val_metrics.items())[:3])
+    chosen = f", objective {model.objective}" if model.objective else ""
     say(
-        f"train ({config.model} on {model.report.device}): {seconds:.1f} s, "
+        f"train ({config.model}{chosen} on {model.report.device}): {seconds:.1f} s, "
         f"best step {model.report.best_step}; val {shown} -> {out}"
     )
 

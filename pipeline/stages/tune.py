@@ -1,17 +1,26 @@
 """tune: an Optuna search over the family's params, then a refit of the best.
 
 TPE proposes params from `tune.search_space.<family>`; a Hyperband (or median) pruner
-stops trials whose val loss, reported every few boosting rounds or epochs, trails
-the others. The first trial is `train`'s own params, so the search starts from the
-untuned model. Every trial is a nested MLflow run under the tune run.
+stops trials whose loss, reported every few boosting rounds or epochs (or after each
+fold), trails the others. Trials are scored as train scored its objective
+(`pipeline.selection`): on rolling-origin folds over the val period for time-ordered
+data, else on val (or `tune.cv_folds` folds of train), with train's objective.
+The first trial is train's own params with the loss train measured (read from
+`models/candidate/model.json`), so nothing is fitted twice. Every trial is a nested
+MLflow run under the tune run.
+
+The tuned params replace train's only when their loss beats train's by
+`tune.min_improvement`; otherwise the tuned model is train's model, unchanged. When
+they win, the best trial's early-stopped model is kept (scored on val) or fitted once
+(scored on folds), then refitted on train + val once (`train.refit`).
 
 The study lives in `tune.storage` under a name fixed by the data, the family and the
 search space. `tune.n_trials` is the study's total, so re-running with the same
 inputs adds no trials and refits the same model, and other processes running
 `driftline tune --search-only` on the same storage share the budget.
 
-The best params are fitted on train with early stopping on val, scored on val, then
-(`train.refit`) fitted again on train + val for the rounds or epochs kept.
+`tune.n_trials` is the budget; `tune.timeout`, off by default, only caps a study that
+would run too long, and when it cuts one the summary says so (`budget`).
 
 Outputs: `models/tuned/`, `reports/tuning/{summary.json,trials.csv}`, `metrics/tune.json`.
 """
@@ -63,6 +72,15 @@ if TYPE_CHECKING:
 REPORT_EVERY_ROUNDS = 10
 
 
+@dataclass(frozen=True)
+class Untuned:
+    """train's model and the loss it scored under the scheme tune's trials use."""
+
+    model: TabularModel
+    loss: float | None
+    per_fold: list[float] = field(default_factory=list)
+
+
 @dataclass
 class TuneResult:
     model: TabularModel
@@ -72,6 +90,13 @@ class TuneResult:
     study_name: str
     trials: pd.DataFrame
     counts: dict[str, int] = field(default_factory=dict)
+    # "tuned": the best trial's params won by tune.min_improvement; "train": they did
+    # not, and `model` is train's; with why, and the study's budget.
+    kept: str = "tuned"
+    reason: str = ""
+    budget: dict[str, Any] = field(default_factory=dict)
+    # `model` is train's final model as it is (already refitted when train.refit).
+    is_train_model: bool = False
 
 
 TrialHook = Callable[["optuna.Study", "optuna.trial.FrozenTrial"], None]
@@ -194,6 +219,30 @@ def cv_folds(train_rows: pd.DataFrame, spec: DatasetSpec, folds: int, seed: int)
     return [(train_rows.iloc[a], train_rows.iloc[b]) for a, b in indices]
 
 
+def distributions(family: str, space: dict[str, SearchRange]) -> dict[str, Any]:
+    """Optuna's distributions for the space, as `suggest` samples it."""
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
+
+    found: dict[str, Any] = {}
+    for key, search in space.items():
+        if search.choices is not None:
+            found[key] = CategoricalDistribution([json.dumps(c) for c in search.choices])
+        elif is_integer_param(family, key):
+            step = int(search.step) if search.step else 1
+            found[key] = IntDistribution(
+                int(search.low), int(search.high), step=step, log=search.log
+            )
+        else:
+            found[key] = FloatDistribution(
+                search.low, search.high, step=search.step, log=search.log
+            )
+    return found
+
+
 def tune(
     train_rows: pd.DataFrame,
     val_rows: pd.DataFrame,
@@ -203,27 +252,49 @@ def tune(
     data_digest: str,
     on_trial: TrialHook | None = None,
     search_only: bool = False,
+    untuned: Untuned | None = None,
+    time_ordered: bool = False,
 ) -> TuneResult | None:
-    """Search, then refit the best params on train with early stopping on val.
+    """Search, then keep train's model or the best trial's (refitted by the caller).
 
-    With no budget or no search space for the family, the refit uses train's params.
+    `untuned` is train's model with its loss under the scheme the trials use: it is
+    trial 0 and the bar the best trial must clear. Without it, train's params are
+    enqueued as trial 0 and fitted like any other.
     """
     import optuna
 
     from pipeline.models import fit_model
+    from pipeline.selection import loss_on, rolling_folds, score_choice
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     family = train_config.model
+    if untuned is not None and untuned.model.objective is not None:
+        # Trials fit the objective train chose (`train.objective: auto`).
+        train_config = train_config.model_copy(update={"objective": untuned.model.objective})
     space = config.search_space.get(family, {})
     name = study_name(train_config, config, data_digest, space)
+    rolling = (
+        rolling_folds(train_rows, val_rows, train_config.selection_folds) if time_ordered else []
+    )
     folds = (
         cv_folds(train_rows, spec, config.cv_folds, train_config.seed) if config.cv_folds else []
     )
+    if folds and untuned is not None:
+        untuned = Untuned(untuned.model, None)  # train scored on val, not on these folds
 
     # Parallel trials share the cores rather than each claiming all of them.
     threads = {}
     if config.n_jobs > 1 and family in ("xgboost", "sklearn"):
         threads = {"n_jobs": max(1, (os.cpu_count() or 1) // config.n_jobs)}
+    known_folds = untuned.per_fold if untuned is not None and untuned.loss is not None else []
+    # Scored on val, the best trial's early-stopped model is the one to refit: keep it.
+    best_fit: dict[str, Any] = {}
+    lock = threading.Lock()
+
+    def prune(trial: optuna.Trial, step: int, loss: float) -> None:
+        trial.report(loss, step)
+        if trial.should_prune():
+            raise optuna.TrialPruned()
 
     def objective(trial: optuna.Trial) -> float:
         params = {**suggest(trial, family, space), **threads}
@@ -231,25 +302,41 @@ def tune(
             losses = []
             for step, (fold_train, fold_val) in enumerate(folds):
                 model = fit_model(fold_train, fold_val, spec, train_config, params)
-                losses.append(model.report.val_loss)
-                trial.report(float(np.mean(losses)), step)
-                if trial.should_prune():
-                    raise optuna.TrialPruned()
+                losses.append(loss_on(model, fold_val, spec.target))
+                prune(trial, step, float(np.mean(losses)))
             trial.set_user_attr("best_step", model.report.best_step)
             return float(np.mean(losses))
+        if rolling:
+
+            def fold_done(step: int, loss: float, mean: float) -> None:
+                # A trial that loses a fold to train's params can never replace them.
+                if known_folds and loss > known_folds[step]:
+                    trial.set_user_attr("lost_fold", step)
+                    trial.report(mean, step)
+                    raise optuna.TrialPruned()
+                prune(trial, step, mean)
+
+            scored = score_choice(
+                train_rows, val_rows, spec, train_config, rolling, params, on_fold=fold_done
+            )
+            trial.set_user_attr("per_fold", [round(v, 6) for v in scored.per_fold])
+            return scored.loss
         every = REPORT_EVERY_ROUNDS if family == "xgboost" else 1
 
         def report(step: int, loss: float) -> None:
             if step % every == 0:
-                trial.report(loss, step)
-                if trial.should_prune():
-                    raise optuna.TrialPruned()
+                prune(trial, step, loss)
 
         model = fit_model(train_rows, val_rows, spec, train_config, params, on_step=report)
         trial.set_user_attr("best_step", model.report.best_step)
-        return model.report.val_loss
+        loss = loss_on(model, val_rows, spec.target)
+        with lock:
+            if "loss" not in best_fit or loss < best_fit["loss"]:
+                best_fit.update(loss=loss, number=trial.number, model=model)
+        return loss
 
     study = None
+    cut_by_timeout = False
     if space and config.n_trials > 0:
         study = make_study(config, name)
         # n_trials is the study's total: a re-run with the same inputs adds no trials
@@ -258,34 +345,124 @@ def tune(
         remaining = config.n_trials - len(study.get_trials(deepcopy=False, states=finished))
         if remaining > 0:
             default = default_point(train_config, space)
-            if default is not None and not search_only:
-                study.enqueue_trial(default, user_attrs={"default": True}, skip_if_exists=True)
+            has_default = any(t.user_attrs.get("default") for t in study.get_trials(deepcopy=False))
+            if default is not None and not search_only and not has_default:
+                if untuned is not None and untuned.loss is not None:
+                    # train fitted these params and measured this loss: trial 0 for free.
+                    study.add_trial(
+                        optuna.trial.create_trial(
+                            params=default,
+                            distributions=distributions(family, space),
+                            value=untuned.loss,
+                            user_attrs={
+                                "default": True,
+                                "from": "train",
+                                "per_fold": untuned.per_fold,
+                            },
+                        )
+                    )
+                    remaining -= 1
+                    if on_trial:  # recorded like every trial (a nested run, progress)
+                        on_trial(study, study.get_trials(deepcopy=False)[-1])
+                else:
+                    study.enqueue_trial(default, user_attrs={"default": True})
             callbacks: list = [optuna.study.MaxTrialsCallback(config.n_trials, states=finished)]
             if on_trial:
                 callbacks.append(on_trial)
-            study.optimize(
-                objective,
-                n_trials=remaining,
-                timeout=config.timeout,
-                n_jobs=config.n_jobs,
-                callbacks=callbacks,
-                catch=(),
+            started = time.perf_counter()
+            if remaining > 0:
+                study.optimize(
+                    objective,
+                    n_trials=remaining,
+                    timeout=config.timeout,
+                    n_jobs=config.n_jobs,
+                    callbacks=callbacks,
+                    catch=(),
+                )
+            done = len(study.get_trials(deepcopy=False, states=finished))
+            cut_by_timeout = (
+                config.timeout is not None
+                and done < config.n_trials
+                and time.perf_counter() - started >= config.timeout
             )
     if search_only:
         return None
     complete = _complete_trials(study)
-    best_params: dict[str, Any] = {}
-    best_value = default_value = None
-    if complete:
-        best = min(complete, key=lambda trial: trial.value)
-        best_params = {key: _decoded(value) for key, value in best.params.items()}
-        best_value = best.value
-        defaults = [trial for trial in complete if trial.user_attrs.get("default")]
-        default_value = defaults[0].value if defaults else None
-    model = fit_model(train_rows, val_rows, spec, train_config, best_params)
-    trials = study.trials_dataframe() if study is not None else pd.DataFrame()
     counts = _counts(study)
-    return TuneResult(model, best_params, best_value, default_value, name, trials, counts)
+    budget = {"n_trials": config.n_trials, "finished": counts["complete"] + counts["pruned"]}
+    if cut_by_timeout:
+        budget["cut_by_timeout"] = config.timeout
+    trials = study.trials_dataframe() if study is not None else pd.DataFrame()
+    defaults = [trial for trial in complete if trial.user_attrs.get("default")]
+    default_value = defaults[0].value if defaults else None
+    bar = untuned.loss if untuned is not None and untuned.loss is not None else default_value
+    bar_folds = defaults[0].user_attrs.get("per_fold", []) if defaults else []
+    if untuned is not None and untuned.loss is not None:
+        bar_folds = untuned.per_fold
+    # Across folds: a trial must beat train's mean by the margin and lose no fold.
+    eligible = [trial for trial in complete if _beats(trial, bar, bar_folds, config)]
+    best = min(eligible or complete, key=lambda trial: trial.value) if complete else None
+    best_params = {k: _decoded(v) for k, v in best.params.items()} if best else {}
+    best_value = best.value if best else None
+
+    def result(model: TabularModel, params: dict[str, Any], kept: str, reason: str) -> TuneResult:
+        is_train_model = untuned is not None and model is untuned.model
+        return TuneResult(
+            model,
+            params,
+            best_value,
+            default_value,
+            name,
+            trials,
+            counts,
+            kept,
+            reason,
+            budget,
+            is_train_model,
+        )
+
+    if best is not None and eligible:
+        gain = f" ({1 - best.value / bar:.1%} below train's {bar:.5g})" if bar else ""
+        reason = f"trial {best.number} scored {best.value:.5g}{gain}"
+        if best_fit.get("number") == best.number:
+            return result(best_fit["model"], best_params, "tuned", reason)
+        model = fit_model(train_rows, val_rows, spec, train_config, best_params)
+        return result(model, best_params, "tuned", reason)
+    if best is None:
+        reason = "no trial completed (no budget or no search space): train's params"
+    elif best.user_attrs.get("default"):
+        reason = f"train's params scored best ({best.value:.5g})"
+    elif best.value < bar * (1 - config.min_improvement):
+        reason = (
+            f"the best trial ({best.value:.5g}, trial {best.number}) is worse than train's "
+            f"params on at least one fold"
+        )
+    else:
+        reason = (
+            f"the best trial ({best.value:.5g}) is not {config.min_improvement:.0%} below "
+            f"train's {bar:.5g}"
+        )
+    train_params = train_config.family_config().model_dump(mode="json")
+    if untuned is not None:
+        return result(untuned.model, train_params, "train", reason)
+    return result(
+        fit_model(train_rows, val_rows, spec, train_config), train_params, "train", reason
+    )
+
+
+def _beats(trial: Any, bar: float | None, bar_folds: list[float], config: TuneConfig) -> bool:
+    """Whether a trial clears train's loss by `tune.min_improvement`, and, scored on
+    folds, loses to train's params on none of them."""
+    if trial.user_attrs.get("default"):
+        return False
+    if bar is None:
+        return True
+    if trial.value >= bar * (1 - config.min_improvement):
+        return False
+    per_fold = trial.user_attrs.get("per_fold") or []
+    if bar_folds and len(per_fold) == len(bar_folds):
+        return all(mine <= theirs for mine, theirs in zip(per_fold, bar_folds, strict=True))
+    return True
 
 
 def _complete_trials(study: optuna.Study | None) -> list:
@@ -379,6 +556,9 @@ def main(
     metrics: Annotated[Path, typer.Option(help="Flat figures for `dvc metrics`.")] = Path(
         "metrics/tune.json"
     ),
+    untuned: Annotated[
+        Path, typer.Option(help="train's model: trial 0, and the bar tuned params must clear.")
+    ] = Path("models/candidate"),
     search_only: Annotated[
         bool,
         typer.Option(
@@ -407,6 +587,12 @@ def main(
     data_digest = provenance["driftline.data_version"]
     space = config.search_space.get(train_config.model, {})
     budget = config.n_trials if space else 0
+    baseline = read_untuned(untuned, train_config, data_digest)
+    if baseline is None and train_config.objective == "auto" and spec.task == "regression":
+        raise ConfigError(
+            f"{untuned}: no model train fitted on these split files, so the objective that "
+            "train.objective: auto chose is unknown: run train first"
+        )
     started = time.perf_counter()
     run_name = f"tune-{train_config.model}" + ("-worker" if search_only else "")
     with (
@@ -444,14 +630,20 @@ def main(
             data_digest,
             on_trial=logger,
             search_only=search_only,
+            untuned=baseline,
+            time_ordered=loaded.time_ordered,
         )
         if result is None:
             say(f"tune worker: the shared study holds its {config.n_trials} trials")
             return
         mlflow.set_tag("driftline.study", result.study_name)
         mlflow.log_params({f"best.{key}": value for key, value in result.best_params.items()})
-        val_metrics = rounded(score(result.model, val_rows, spec.target).metrics)
-        if train_config.refit:
+        mlflow.set_tags({"driftline.kept": result.kept, "driftline.kept_reason": result.reason})
+        if result.is_train_model:  # train's model, refitted already: its val figures
+            val_metrics = dict(result.model.selection.get("val", {}))
+        else:
+            val_metrics = rounded(score(result.model, val_rows, spec.target).metrics)
+        if train_config.refit and not result.is_train_model:
             from pipeline.models import refit_model
 
             refitted = refit_model(result.model, train_rows, val_rows, spec, train_config)
@@ -479,6 +671,11 @@ def main(
         "family": train_config.model,
         "study": result.study_name,
         "storage": mask_url(config.storage) if config.storage else None,
+        "objective": result.model.objective,
+        "kept": result.kept,
+        "reason": result.reason,
+        "budget": result.budget,
+        "scored_on": result.model.selection.get("objective", {}).get("scored_on", "val"),
         "best_params": result.best_params,
         "best_val_loss": result.best_value,
         "default_val_loss": result.default_value,
@@ -500,15 +697,39 @@ def main(
             **{f"val_{name}": value for name, value in val_metrics.items()},
         },
     )
-    gained = ""
-    if result.default_value and result.best_value is not None:
-        gained = f" (train's params: {result.default_value:.5g})"
+    cut = ""
+    if "cut_by_timeout" in result.budget:
+        cut = f", cut by tune.timeout after {result.budget['finished']} of {config.n_trials}"
     say(
         f"tune ({train_config.model}): {result.counts['complete']} complete, "
-        f"{result.counts['pruned']} pruned in {seconds:.0f} s; best val loss "
-        f"{result.best_value if result.best_value is not None else float('nan'):.5g}"
-        f"{gained} -> {out}"
+        f"{result.counts['pruned']} pruned in {seconds:.0f} s{cut}; kept {result.kept}'s "
+        f"params: {result.reason} -> {out}"
     )
+
+
+def read_untuned(folder: Path, train_config: TrainConfig, data_digest: str) -> Untuned | None:
+    """train's model from `folder`, when it was fitted on these split files with the
+    params in params.yaml; its loss is the one train measured (`pipeline.selection`)."""
+    from pipeline.models import load_model
+
+    if not (folder / "model.json").exists():
+        return None
+    model = load_model(folder)
+    wanted = train_config.family_config().model_dump(mode="json")
+    same_params = all(model.params.get(key) == value for key, value in wanted.items())
+    selection = model.selection
+    if (
+        model.family != train_config.model
+        or not same_params
+        or selection.get("data_version") != data_digest
+        or (train_config.objective not in ("auto", model.objective) and model.objective)
+    ):
+        return None
+    figures = selection.get("objective", {})
+    per_fold = figures.get("per_fold", {})
+    if isinstance(per_fold, dict):  # per objective: the chosen one's
+        per_fold = per_fold.get(model.objective or "", [])
+    return Untuned(model, figures.get("loss"), list(per_fold))
 
 
 if __name__ == "__main__":

@@ -85,7 +85,8 @@ def assert_same_raw(task: str, onnx_raw: np.ndarray, native_raw: np.ndarray) -> 
         scale = max(1.0, float(np.abs(native_raw).max()))
         np.testing.assert_allclose(onnx_raw, native_raw, rtol=0, atol=1e-4 * scale)
     else:
-        np.testing.assert_allclose(onnx_raw, native_raw, rtol=0, atol=1e-5)
+        # A calibrator's steep segments scale float32's rounding of its input.
+        np.testing.assert_allclose(onnx_raw, native_raw, rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize(("family", "estimator", "task"), CASES, ids=lambda v: str(v))
