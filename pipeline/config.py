@@ -366,6 +366,10 @@ class TrainConfig(Section):
     # rolling-origin folds over the val period, each early-stopped on the rows before it
     # and refitted as the final model is. 0: scored on val alone.
     selection_folds: int = Field(default=3, ge=0, le=10)
+    # Choices are scored fitting at most this many rows (the newest on time-ordered
+    # data, a seeded sample otherwise), so a 3M-row table does not pay 20 full fits to
+    # choose; the final model always fits every row. null: no cap.
+    selection_rows: int | None = Field(default=250_000, ge=1000)
     xgboost: XGBoostConfig = Field(default_factory=XGBoostConfig)
     sklearn: SklearnConfig = Field(default_factory=SklearnConfig)
     torch: TorchConfig = Field(default_factory=TorchConfig)

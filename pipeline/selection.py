@@ -12,6 +12,10 @@ loss is the mean over folds. Test rows are never read.
 Without a time order (or with `train.selection_folds: 0`) a choice is scored on val
 by the early-stopped model, which is then the model to keep: nothing is fitted twice.
 
+On large tables the fits that score a choice use at most `train.selection_rows` rows:
+each fold's newest, or a seeded sample of train (then the chosen model is fitted once
+more on every row).
+
 Losses are in target units: RMSE for regression (after log1p's expm1), log loss of
 the calibrated probabilities for classes.
 """
@@ -54,9 +58,12 @@ class Score:
     model: TabularModel | None = None
 
 
-def rolling_folds(train: pd.DataFrame, val: pd.DataFrame, k: int) -> list[Fold]:
+def rolling_folds(
+    train: pd.DataFrame, val: pd.DataFrame, k: int, max_rows: int | None = None
+) -> list[Fold]:
     """`k` rolling-origin folds over the val period (rows in time order); none when
-    `k` is 0 or val is too small for blocks of MIN_BLOCK_ROWS."""
+    `k` is 0 or val is too small for blocks of MIN_BLOCK_ROWS. Each fold fits at most
+    `max_rows` rows, the newest before its blocks."""
     block = len(val) // k if k else 0
     if block < MIN_BLOCK_ROWS or len(train) < 2 * block:
         return []
@@ -66,14 +73,27 @@ def rolling_folds(train: pd.DataFrame, val: pd.DataFrame, k: int) -> list[Fold]:
         score_end = len(rows) - (k - 1 - j) * block
         score_start = score_end - block
         stop_start = score_start - block
+        fit_start = 0 if max_rows is None else max(0, stop_start - max_rows)
         folds.append(
             Fold(
-                rows.iloc[:stop_start],
+                rows.iloc[fit_start:stop_start],
                 rows.iloc[stop_start:score_start],
                 rows.iloc[score_start:score_end],
             )
         )
     return folds
+
+
+def capped_train(
+    train: pd.DataFrame, max_rows: int | None, time_ordered: bool, seed: int
+) -> pd.DataFrame:
+    """The train rows a choice is scored on: all, or `max_rows` of them (the newest on
+    time-ordered data, a seeded sample otherwise, kept in their order)."""
+    if max_rows is None or len(train) <= max_rows:
+        return train
+    if time_ordered:
+        return train.iloc[-max_rows:]
+    return train.sample(n=max_rows, random_state=seed).sort_index()
 
 
 def scheme(folds: list[Fold]) -> dict[str, Any]:

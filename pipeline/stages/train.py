@@ -41,13 +41,17 @@ def train(
     """Choose the objective, then fit the family on train, early-stopping on val. The
     model's `selection` records the choice and its loss (the one tune compares with)."""
     from pipeline.models import fit_model
-    from pipeline.selection import choose_objective, rolling_folds
+    from pipeline.selection import capped_train, choose_objective, rolling_folds
 
-    folds = rolling_folds(train_rows, val_rows, config.selection_folds) if time_ordered else []
-    choice = choose_objective(train_rows, val_rows, spec, config, folds)
+    folds = []
+    if time_ordered:
+        folds = rolling_folds(train_rows, val_rows, config.selection_folds, config.selection_rows)
+    scored_rows = capped_train(train_rows, config.selection_rows, time_ordered, config.seed)
+    choice = choose_objective(scored_rows, val_rows, spec, config, folds)
     if choice.objective is not None:
         config = config.model_copy(update={"objective": choice.objective})
-    model = choice.score.model or fit_model(train_rows, val_rows, spec, config)
+    model = choice.score.model if scored_rows is train_rows else None
+    model = model or fit_model(train_rows, val_rows, spec, config)
     model.selection = {**model.selection, "objective": choice.figures}
     return model
 

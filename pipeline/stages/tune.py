@@ -264,7 +264,7 @@ def tune(
     import optuna
 
     from pipeline.models import fit_model
-    from pipeline.selection import loss_on, rolling_folds, score_choice
+    from pipeline.selection import capped_train, loss_on, rolling_folds, score_choice
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     family = train_config.model
@@ -273,8 +273,14 @@ def tune(
         train_config = train_config.model_copy(update={"objective": untuned.model.objective})
     space = config.search_space.get(family, {})
     name = study_name(train_config, config, data_digest, space)
-    rolling = (
-        rolling_folds(train_rows, val_rows, train_config.selection_folds) if time_ordered else []
+    rolling = []
+    if time_ordered:
+        rolling = rolling_folds(
+            train_rows, val_rows, train_config.selection_folds, train_config.selection_rows
+        )
+    # Trials scored on val fit at most selection_rows rows; the final model fits all.
+    trial_rows = capped_train(
+        train_rows, train_config.selection_rows, time_ordered, train_config.seed
     )
     folds = (
         cv_folds(train_rows, spec, config.cv_folds, train_config.seed) if config.cv_folds else []
@@ -327,9 +333,11 @@ def tune(
             if step % every == 0:
                 prune(trial, step, loss)
 
-        model = fit_model(train_rows, val_rows, spec, train_config, params, on_step=report)
+        model = fit_model(trial_rows, val_rows, spec, train_config, params, on_step=report)
         trial.set_user_attr("best_step", model.report.best_step)
         loss = loss_on(model, val_rows, spec.target)
+        if trial_rows is not train_rows:
+            return loss  # a sample's model: the winner is fitted on every row
         with lock:
             if "loss" not in best_fit or loss < best_fit["loss"]:
                 best_fit.update(loss=loss, number=trial.number, model=model)

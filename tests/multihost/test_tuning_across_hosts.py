@@ -174,6 +174,8 @@ def test_two_hosts_add_trials_to_one_study_in_postgresql(
     for host in HOSTS:
         project = copy_project(data_template, tuning_hosts.folder(host) / "driftline")
         project.update("tune", n_trials=BUDGET)
+        # No train ran here: a worker fits the objective named, not train's `auto` choice.
+        project.update("train", objective="squared_error")
         projects[host] = project
     before = {host: project.snapshot() for host, project in projects.items()}
     # The database is empty: both workers, released together, race to create Optuna's
