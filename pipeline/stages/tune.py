@@ -315,8 +315,9 @@ def tune(
         if rolling:
 
             def fold_done(step: int, loss: float, mean: float) -> None:
-                # A trial that loses a fold to train's params can never replace them.
-                if known_folds and loss > known_folds[step]:
+                # A trial that does not beat train's params on a fold by the margin can
+                # never replace them.
+                if known_folds and loss >= known_folds[step] * (1 - config.min_improvement):
                     trial.set_user_attr("lost_fold", step)
                     trial.report(mean, step)
                     raise optuna.TrialPruned()
@@ -407,7 +408,7 @@ def tune(
     bar_folds = defaults[0].user_attrs.get("per_fold", []) if defaults else []
     if untuned is not None and untuned.loss is not None:
         bar_folds = untuned.per_fold
-    # Across folds: a trial must beat train's mean by the margin and lose no fold.
+    # Across folds: a trial must beat train's params by the margin on every fold.
     eligible = [trial for trial in complete if _beats(trial, bar, bar_folds, config)]
     best = min(eligible or complete, key=lambda trial: trial.value) if complete else None
     best_params = {k: _decoded(v) for k, v in best.params.items()} if best else {}
@@ -442,8 +443,8 @@ def tune(
         reason = f"train's params scored best ({best.value:.5g})"
     elif best.value < bar * (1 - config.min_improvement):
         reason = (
-            f"the best trial ({best.value:.5g}, trial {best.number}) is worse than train's "
-            f"params on at least one fold"
+            f"the best trial ({best.value:.5g}, trial {best.number}) is not "
+            f"{config.min_improvement:.0%} better than train's params on every fold"
         )
     else:
         reason = (
@@ -459,8 +460,8 @@ def tune(
 
 
 def _beats(trial: Any, bar: float | None, bar_folds: list[float], config: TuneConfig) -> bool:
-    """Whether a trial clears train's loss by `tune.min_improvement`, and, scored on
-    folds, loses to train's params on none of them."""
+    """Whether a trial clears train's loss by `tune.min_improvement`: on val, or, scored
+    on folds, on every fold (one lucky fold does not make a better model)."""
     if trial.user_attrs.get("default"):
         return False
     if bar is None:
@@ -469,7 +470,10 @@ def _beats(trial: Any, bar: float | None, bar_folds: list[float], config: TuneCo
         return False
     per_fold = trial.user_attrs.get("per_fold") or []
     if bar_folds and len(per_fold) == len(bar_folds):
-        return all(mine <= theirs for mine, theirs in zip(per_fold, bar_folds, strict=True))
+        return all(
+            mine < theirs * (1 - config.min_improvement)
+            for mine, theirs in zip(per_fold, bar_folds, strict=True)
+        )
     return True
 
 

@@ -71,17 +71,18 @@ def test_trains_model_is_kept_unless_the_margin_is_cleared() -> None:
     result, baseline = run(train_config(3), margin=0.5)
     assert result.kept == "train" and result.is_train_model
     assert result.model is baseline.model  # nothing fitted again
-    assert "not 50% below train's" in result.reason or "at least one fold" in result.reason
+    # Every trial fell short on some fold, so it was pruned there: train's params lead.
+    assert result.reason.startswith("train's params scored best")
 
 
-def test_a_trial_that_loses_a_fold_is_pruned_there_and_never_kept() -> None:
-    result, baseline = run(train_config(3), margin=0.0, trials=8)
+def test_a_trial_short_of_the_margin_on_a_fold_is_pruned_there_and_never_kept() -> None:
+    result, baseline = run(train_config(3), margin=0.01, trials=8)
     lost = result.trials[result.trials.get("user_attrs_lost_fold", pd.Series()).notna()]
     assert len(lost) > 0 and set(lost["state"]) == {"PRUNED"}
     if result.kept == "tuned":
         kept = result.trials[result.trials["number"] == result.trials["value"].idxmin()]
         per_fold = kept["user_attrs_per_fold"].iloc[0]
-        assert all(a <= b for a, b in zip(per_fold, baseline.per_fold, strict=True))
+        assert all(a < b * 0.99 for a, b in zip(per_fold, baseline.per_fold, strict=True))
 
 
 def test_a_time_cap_that_cuts_the_study_is_reported() -> None:
