@@ -346,7 +346,10 @@ class TrainConfig(Section):
     device: Device = "auto"
     seed: int = 42
     # "balanced" weighs classes by inverse frequency (binary: xgboost's scale_pos_weight).
-    class_weight: Literal["balanced", "none"] = "balanced"
+    # Off by default: calibrated probabilities and a threshold picked on val already serve
+    # a rare class, and on bank marketing (12% positives) balanced weights cost test PR
+    # AUC 0.444 -> 0.393 and log loss 0.285 -> 0.384, with 10x the boosting rounds.
+    class_weight: Literal["balanced", "none"] = "none"
     # The class whose probability is scored; null takes the second in sorted order.
     positive_class: CategoryValue | None = None
     # Binary only: the decision threshold is picked on val to maximise this metric.
