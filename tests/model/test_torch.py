@@ -190,9 +190,10 @@ def test_report_is_the_best_epoch_and_its_weights_are_the_ones_kept(
 
 def test_binary_with_class_weights_gives_probabilities_that_rank_the_classes() -> None:
     train, val, test = class_frame(600, 1), class_frame(200, 2), class_frame(300, 3)
-    data, classes = training_data(train, val, class_spec(), torch_config())
+    config = torch_config().model_copy(update={"class_weight": "balanced"})
+    data, classes = training_data(train, val, class_spec(), config)
     assert data.class_weights is not None
-    model = fit_model(train, val, class_spec(), torch_config())
+    model = fit_model(train, val, class_spec(), config)
     probabilities = model.predict_proba(test)
     assert classes == ["no", "yes"]
     assert probabilities.shape == (300, 2)
