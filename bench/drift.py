@@ -52,15 +52,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench import QUIET
+
 REPO = Path(__file__).resolve().parents[1]
-QUIET = {
-    "DO_NOT_TRACK": "true",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DVC_NO_ANALYTICS": "1",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "ORT_DISABLE_TELEMETRY": "1",
-    "GX_ANALYTICS_ENABLED": "false",
-}
 CATEGORIES = np.array([f"k{index}" for index in range(6)], dtype=object)
 MISSING_SHARE = 0.01
 

@@ -43,6 +43,8 @@ from pathlib import Path
 
 import yaml
 
+from bench import QUIET
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 STAGES = ("ingest", "validate", "clean", "split", "train", "tune", "evaluate", "compress", "deploy")
@@ -57,14 +59,6 @@ HEAVY = (
     "optuna",
     "prefect",
 )
-QUIET = {
-    "DO_NOT_TRACK": "true",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DVC_NO_ANALYTICS": "1",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "ORT_DISABLE_TELEMETRY": "1",
-    "GX_ANALYTICS_ENABLED": "false",
-}
 # dvc.yaml's `python` inside `dvc repro`: runs the real one and appends
 # "<start> <end> <args>" to a log. Bash's own EPOCHREALTIME: no extra process.
 SHIM = """#!/usr/bin/env bash
