@@ -445,9 +445,11 @@ class TuneConfig(Section):
     sampler_seed: int = 42
     pruner: Literal["hyperband", "median", "none"] = "hyperband"
     cv_folds: int = Field(default=0, ge=0, description="0: score on val; k >= 2: k-fold on train")
-    # Tuned params replace train's only when they score better on the selection folds
-    # (or val) by at least this share of train's loss.
-    min_improvement: float = Field(default=0.01, ge=0, lt=1)
+    # Tuned params replace train's only when they score better by at least this share of
+    # train's loss, on val or on every selection fold. The best of 25 trials is flattered
+    # by being the best: on the bike data one that cleared 1% on every fold (2.0, 1.0,
+    # 4.5%) was 8% worse on test.
+    min_improvement: float = Field(default=0.02, ge=0, lt=1)
     search_space: dict[Family, dict[str, SearchRange]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
