@@ -106,12 +106,13 @@ def scheme(folds: list[Fold]) -> dict[str, Any]:
 def loss_on(model: TabularModel, rows: pd.DataFrame, target: str) -> float:
     """RMSE in target units, or log loss of the model's (calibrated) probabilities; a
     class the model never saw counts as predicted with probability 1e-15."""
-    raw = model.predict_raw(rows)
-    if model.task == "regression":
-        actual = pd.to_numeric(rows[target]).to_numpy(dtype=np.float64)
-        return float(np.sqrt(np.mean((actual - raw) ** 2)))
     from pipeline.features import category_text
     from pipeline.models import label_texts
+    from pipeline.models.base import validation_loss
+
+    raw = model.predict_raw(rows)
+    if model.task == "regression":
+        return validation_loss("regression", pd.to_numeric(rows[target]).to_numpy(), raw)
 
     codes = pd.Index(label_texts(model.classes)).get_indexer(category_text(rows[target]))
     picked = np.where(codes >= 0, raw[np.arange(len(codes)), np.maximum(codes, 0)], 1e-15)
