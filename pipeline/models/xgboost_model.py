@@ -22,6 +22,10 @@ from pipeline.features import FeatureArrays, FeatureSpec
 from pipeline.models.base import FitReport, Learner, StepCallback, TrainingData
 
 BOOSTER_FILE = "booster.ubj"
+# Columns with more categories stay codes split by order: onnxmltools turns a category
+# split into a chain of equality branches, and on 300 categories its export ran for
+# minutes and past Python's recursion limit.
+MAX_CATEGORICAL_LEVELS = 32
 _OBJECTIVES = {
     "regression": ("reg:squarederror", "rmse"),
     "binary": ("binary:logistic", "logloss"),
@@ -118,7 +122,10 @@ class XGBoostLearner(Learner):
     def _matrix(
         self, prepared: pd.DataFrame, label: np.ndarray, weight: np.ndarray | None = None
     ) -> xgb.DMatrix:
-        types = ["q"] * len(self.features.numeric) + ["c"] * len(self.features.categorical)
+        types = ["q"] * len(self.features.numeric) + [
+            "c" if len(self.features.categories[column]) <= MAX_CATEGORICAL_LEVELS else "q"
+            for column in self.features.categorical
+        ]
         return xgb.DMatrix(
             self.features.encoded_matrix(prepared),
             label=label,

@@ -172,3 +172,27 @@ def test_importing_the_runner_imports_no_heavy_library() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_xgboost_with_a_many_valued_category_exports() -> None:
+    # A category split is a chain of equality branches in ONNX; 300 stations made the
+    # converter run for minutes and recurse past Python's limit, so they stay codes.
+    rng = np.random.default_rng(0)
+
+    def rows(n: int) -> pd.DataFrame:
+        station = rng.integers(0, 300, size=n)
+        x = rng.normal(size=n)
+        return pd.DataFrame(
+            {
+                "x": x,
+                "station": [f"s{v:03d}" for v in station],
+                "y": np.sin(station) * 3 + x + rng.normal(0, 0.1, n),
+            }
+        )
+
+    spec = DatasetSpec(target="y", task="regression", schema=Schema(categorical={"station": {}}))
+    config = TrainConfig(objective="squared_error", xgboost={"n_estimators": 60, "max_depth": 8})
+    model = fit_model(rows(6000), rows(1500), spec, config)
+    test = rows(500)
+    runner = OnnxModel.from_model(model, export_onnx(model))
+    np.testing.assert_allclose(runner.predict_raw(test), model.predict_raw(test), atol=1e-3)
