@@ -341,8 +341,11 @@ def main(
             f"{budget['n_trials']} trials)",
         )
 
+    importance_frame = val_rows
+    if len(val_rows) > config.importance_rows:
+        importance_frame = val_rows.sample(n=config.importance_rows, random_state=config.seed)
     importance = permutation_importance(
-        candidate, val_rows, spec.target, metric, config.importance_repeats, config.seed
+        candidate, importance_frame, spec.target, metric, config.importance_repeats, config.seed
     )
     slices = slice_metrics(scored, test_rows, spec, candidate)
 
