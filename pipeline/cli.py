@@ -44,9 +44,15 @@ app.command("deploy")(deploy.main)
 def check_params(
     params: Annotated[Path, typer.Option(help="The params file.")] = DEFAULT_PARAMS,
 ) -> None:
-    """Load and check params.yaml without running anything."""
+    """Check params.yaml, and check it against the data source, without running anything."""
+    from pipeline import preflight
+
     loaded = load_params(params)
-    say(f"{params}: ok (source {loaded.data.source}, target {loaded.data.target})")
+    checked = preflight.check(loaded)
+    say(
+        f"{params}: ok (source {loaded.data.source}, target {loaded.data.target}, "
+        f"task {checked['task']}, metric {checked['primary_metric']})"
+    )
 
 
 @app.command("promote")

@@ -1,0 +1,42 @@
+"""check: params against the data source, before any stage does work.
+
+dvc.yaml's first stage: every other stage depends on its report, so `dvc repro` runs
+it first whenever params.yaml changes, and a mistake anywhere in params (a column not
+in the data, a metric of another task, a `data.until` outside the data) is one line at
+second 1. The report holds only what was checked (task, metric, columns, time range),
+so a change that passes leaves it as it was and re-runs nothing downstream.
+`driftline check-params` runs the same checks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline import preflight
+from pipeline.artifacts import write_json_atomic
+from pipeline.config import DEFAULT_PARAMS, load_params
+from pipeline.console import report_user_errors, say
+
+
+@report_user_errors
+def main(
+    params: Annotated[Path, typer.Option(help="The params file.")] = DEFAULT_PARAMS,
+    report: Annotated[Path, typer.Option(help="What was checked, as JSON.")] = Path(
+        "reports/check.json"
+    ),
+) -> None:
+    """Check params.yaml against the data source; one line per run, every problem in it."""
+    loaded = load_params(params)
+    checked = preflight.check(loaded)
+    write_json_atomic(report, checked)
+    say(
+        f"check: {params} fits {loaded.data.source} (task {checked['task']}, "
+        f"metric {checked['primary_metric']}) -> {report}"
+    )
+
+
+if __name__ == "__main__":
+    typer.run(main)
