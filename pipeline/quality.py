@@ -184,8 +184,10 @@ def build_checks(spec: DatasetSpec, frame: pd.DataFrame, config: ValidateConfig)
         # A range means nothing on text; the type check already reports that.
         bounded = rules.min is not None or rules.max is not None
         if bounded and pd.api.types.is_numeric_dtype(frame[column]):
+            # A feature out of range is clipped by clean; a target out of range is a
+            # wrong label, which nothing downstream may repair: the target rule's severity.
             add(
-                "range",
+                "target" if column == spec.target else "range",
                 "ExpectColumnValuesToBeBetween",
                 column=column,
                 min_value=rules.min,

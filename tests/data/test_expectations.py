@@ -68,3 +68,13 @@ def test_severity_is_set_by_params(bike: pd.DataFrame) -> None:
     assert failure.describe().startswith(
         "column 'temp': ExpectColumnValuesToBeBetween(min_value=0.0, max_value=1.0)"
     )
+
+
+def test_a_target_outside_its_declared_range_stops_the_run(bike: pd.DataFrame) -> None:
+    wrong = bike.copy()
+    wrong.loc[:2, "cnt"] = -5  # params: cnt {min: 0}
+    report = validate(wrong, resolve_spec(wrong, PARAMS.data), PARAMS.validation)
+    assert not report.passed
+    (failure,) = report.critical_failures
+    assert failure.check.rule == "target"
+    assert failure.describe().startswith("column 'cnt': ExpectColumnValuesToBeBetween(min_value=0")
