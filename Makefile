@@ -32,7 +32,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 
 run: $(VENV)/.installed
 	$(BIN)/dvc repro
-	$(BIN)/dvc metrics show
+	$(BIN)/driftline summary
 
 # pytest-xdist: whole files per worker (their fixtures build once), one thread each, in
 # collection order (tests/conftest.py puts the longest files first), not by test count.

@@ -55,6 +55,15 @@ def check_params(
     )
 
 
+@app.command("summary")
+def summary() -> None:
+    """What the last pipeline run decided, and what to run next (the end of `make run`)."""
+    from pipeline.summary import summarize
+
+    for line in summarize():
+        say(line)
+
+
 @app.command("promote")
 @report_user_errors
 def promote(
