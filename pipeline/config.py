@@ -145,6 +145,11 @@ class CsvDialect(Section):
         return self
 
 
+# Labelled production batches: ingest's dep in dvc.yaml, which interpolates nothing from
+# params.yaml (a params file without the key must still parse).
+LANDING = "data/landing"
+
+
 class DataConfig(Section):
     """Everything specific to one data set. Only `source` and `target` are needed."""
 
@@ -156,7 +161,7 @@ class DataConfig(Section):
     key_columns: list[str] = Field(default_factory=list)
     slice_columns: list[str] = Field(default_factory=list)
     na_values: list[str] = Field(default_factory=list)
-    landing: str = "data/landing"
+    landing: str = "data/landing"  # fixed: the folder dvc.yaml tracks (LANDING)
     # Source rows after this date are held out of training: the production traffic
     # `driftline simulate` replays. Needs time_column.
     until: date | None = None
@@ -169,6 +174,11 @@ class DataConfig(Section):
             raise ValueError("source is empty: name a file, a folder, a SQL URL or builtin:<name>")
         if is_sql_url(self.source) and not self.query:
             raise ValueError("source is a SQL URL, so query must hold the SELECT to run")
+        if self.landing.strip("/") != LANDING:
+            raise ValueError(
+                f"landing: dvc.yaml tracks {LANDING}/ (ingest's dep), so labelled batches go "
+                f"there; remove the key or set it to {LANDING}"
+            )
         if self.target in self.key_columns:
             raise ValueError(f"target {self.target!r} cannot also be a key column")
         if self.until is not None and self.time_column is None:

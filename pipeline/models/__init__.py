@@ -115,7 +115,10 @@ def load_model(directory: Path) -> TabularModel:
     directory = Path(directory)
     path = directory / MODEL_FILE
     if not path.exists():
-        raise DataError(f"{directory} holds no model ({MODEL_FILE} missing): run train first")
+        raise DataError(
+            f"{directory} holds no model ({MODEL_FILE} missing): run the pipeline up to the "
+            "stage that writes it (dvc repro)"
+        )
     meta = json.loads(path.read_text(encoding="utf-8"))
     if meta.get("format") != FORMAT_VERSION:
         raise DataError(f"{path}: model format {meta.get('format')} is not supported; retrain")

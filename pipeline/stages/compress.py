@@ -6,8 +6,9 @@ torch.onnx). What no converter can hold, turning category text into codes, is
 `FeatureSpec`, the one preprocessing function training and serving share.
 
 The export is scored on the test rows next to the native model: if it is worse by
-more than `compress.max_metric_drop` on the primary metric, compress refuses and
-writes nothing. Dynamic int8 quantisation is tried for torch and linear models and
+more than `compress.max_metric_drop` on the primary metric (the one the gate judges
+on: `evaluate.primary_metric`, or the task's default), compress refuses and writes
+nothing. Dynamic int8 quantisation is tried for torch and linear models and
 kept only when it is faster and within the same tolerance (`quantize: auto`).
 
 Serving's two runtimes are then timed on batches of growing size: where the native
@@ -31,11 +32,11 @@ import numpy as np
 import pandas as pd
 import typer
 
-from pipeline.artifacts import read_json, read_stage_input, staged_directory, write_json_atomic
+from pipeline.artifacts import read_stage_input, staged_directory, write_json_atomic
 from pipeline.config import DEFAULT_PARAMS, CompressConfig, load_params
 from pipeline.console import report_user_errors, say
 from pipeline.errors import DriftlineError
-from pipeline.metrics import HIGHER_IS_BETTER
+from pipeline.metrics import HIGHER_IS_BETTER, primary_metric
 from pipeline.schema import DatasetSpec
 
 if TYPE_CHECKING:
@@ -271,9 +272,6 @@ def main(
     raw: Annotated[Path, typer.Option(help="The ingest stage's folder.")] = Path("data/raw"),
     split: Annotated[Path, typer.Option(help="The split stage's folder.")] = Path("data/split"),
     model: Annotated[Path, typer.Option(help="The model to compress.")] = Path("models/tuned"),
-    gate: Annotated[Path, typer.Option(help="The gate (names the primary metric).")] = Path(
-        "reports/gate.json"
-    ),
     out: Annotated[Path, typer.Option(help="Folder for model.onnx and model.json.")] = Path(
         "models/compressed"
     ),
@@ -285,10 +283,14 @@ def main(
     ),
 ) -> None:
     """Export the tuned model to ONNX, quantise where it pays, and measure both."""
-    config = load_params(params).compress
+    loaded = load_params(params)
+    config = loaded.compress
     spec = DatasetSpec.read(raw / "schema.yaml")
     test_rows = read_stage_input(split / "test.parquet", "split")
-    metric = read_json(gate, "evaluate")["primary_metric"]
+    # The gate's metric, derived as evaluate derives it rather than read from its report:
+    # compress then waits on no gate, and a gate setting (evaluate.min_improvement) does
+    # not re-run the export.
+    metric = primary_metric(spec.task, loaded.evaluate.primary_metric)
 
     from pipeline.models import load_model
 

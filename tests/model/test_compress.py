@@ -93,8 +93,10 @@ def test_an_export_that_scores_worse_than_the_tolerance_is_refused() -> None:
         check_drop("roc_auc", 0.8, math.nan, 0.5)  # an export that cannot be scored
 
 
-def test_compress_before_evaluate(produced: Project) -> None:
+def test_compress_before_tune(produced: Project) -> None:
     project = produced
     result = project.run("compress")
     assert result.exit_code == 1
-    assert_one_clear_line(result.stderr, "reports/gate.json does not exist: run the evaluate stage")
+    assert_one_clear_line(
+        result.stderr, "models/tuned holds no model (model.json missing): run the pipeline up"
+    )
