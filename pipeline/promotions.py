@@ -31,7 +31,7 @@ class RegistryError(DriftlineError):
 @dataclass(frozen=True)
 class PromotionRecord:
     time: str
-    action: Literal["promote", "refuse", "keep", "rollback"]
+    action: Literal["promote", "refuse", "keep", "rollback", "challenger"]
     version: str | None
     previous: str | None
     trigger: str
@@ -55,6 +55,12 @@ def trigger_from_environment() -> str:
             f"DRIFTLINE_TRIGGER is {trigger!r}: it must be one of {', '.join(TRIGGERS)}"
         )
     return trigger
+
+
+def experiment_from_environment() -> str | None:
+    """The experiment's name when the stage runs inside `dvc exp run` (DVC sets
+    DVC_EXP_NAME for every stage of an experiment), else None."""
+    return os.environ.get("DVC_EXP_NAME") or None
 
 
 def append_record(record: PromotionRecord, path: Path = PROMOTIONS) -> None:

@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 
 CHAMPION = "champion"
 PREVIOUS = "previous"
+# A candidate that passed its gate inside `dvc exp run`: registered, never served until
+# `driftline promote` says so.
+CHALLENGER = "challenger"
 REFERENCE_SAMPLE = "reference.parquet"  # split's file name in data/reference
 
 

@@ -8,6 +8,10 @@ numbers, is a line in `reports/promotions.jsonl`; `reports/deploy.json` holds th
 
 The gate is trusted only if it was decided against the champion the registry holds
 now; a candidate that is the champion already (the same model) keeps it.
+
+An experiment never moves the champion: inside `dvc exp run` (DVC_EXP_NAME is set), a
+candidate that passed its gate is registered under the `challenger` alias, tagged with
+the experiment's name, and `driftline promote VERSION` serves it when a person decides.
 """
 
 from __future__ import annotations
@@ -102,6 +106,7 @@ def main(
     from pipeline.registry import CHAMPION, alias_version
 
     trigger = promotions.trigger_from_environment()
+    experiment = promotions.experiment_from_environment()
     tracking.start_tracking(config)
     tracking.require_run(config, run_id, "tune")
     with tracking.tracking_errors(config):
@@ -130,12 +135,30 @@ def main(
                     "driftline.git_commit": run.data.tags.get("mlflow.source.git.commit", ""),
                     "driftline.gate": decided["reason"][:5000],
                 }
-            from pipeline.registry import register
+                if experiment:
+                    tags["driftline.experiment"] = experiment
+            from pipeline.registry import CHALLENGER, register, set_alias
 
             version = register(config, uri, tags=tags)
-            record = promotions.move_champion(
-                config, version, "promote", trigger, decision.reason, metrics=metrics
-            )
+            if experiment:
+                set_alias(config, CHALLENGER, version)
+                record = promotions.PromotionRecord(
+                    time=promotions.now(),
+                    action="challenger",
+                    version=version,
+                    previous=champion_version,
+                    trigger=trigger,
+                    reason=f"experiment {experiment}: {decision.reason}; the champion stays "
+                    f"{'v' + champion_version if champion_version else 'unset'} "
+                    f"(`driftline promote {version}` serves this one)",
+                    metrics=metrics,
+                    champion_metrics=decided.get("champion"),
+                )
+                promotions.append_record(record)
+            else:
+                record = promotions.move_champion(
+                    config, version, "promote", trigger, decision.reason, metrics=metrics
+                )
         else:
             record = promotions.PromotionRecord(
                 time=promotions.now(),
