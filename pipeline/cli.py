@@ -64,6 +64,32 @@ def summary() -> None:
         say(line)
 
 
+@app.command("init")
+@report_user_errors
+def init(
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="A CSV or Parquet file, a folder of them, builtin:<name>, or a SQLAlchemy "
+            "URL (with --query)."
+        ),
+    ],
+    target: Annotated[str, typer.Option("--target", help="The column to predict.")],
+    query: Annotated[
+        str | None, typer.Option(help="The SELECT to run when SOURCE is a SQL URL.")
+    ] = None,
+    params: Annotated[Path, typer.Option(help="The params file to write.")] = DEFAULT_PARAMS,
+) -> None:
+    """Write a complete params.yaml for SOURCE: the task, schema, time, key and slice
+    columns and the metric are inferred from the data; every other setting is kept. The
+    old file is kept as <params>.bak (then .bak.1, ...)."""
+    from pipeline.init import init_params
+
+    result = init_params(source, target, params, query)
+    for line in result.summary_lines():
+        say(line)
+
+
 @app.command("promote")
 @report_user_errors
 def promote(
