@@ -156,3 +156,26 @@ def test_bad_source_fails_and_keeps_every_output(dvc_project: DvcProject) -> Non
     # Back to the locked source: the failed run changed nothing, so nothing is left to do.
     dvc_project.edit_params("data", "source", str(FIXTURES / "bike_sharing_2000.csv"))
     assert dvc_project.ran(dvc_project.dvc("repro").stdout) == set()
+
+
+def test_params_that_do_not_fit_the_data_stop_at_check(dvc_project: DvcProject) -> None:
+    """The bike params pointed at ELEC2: dvc repro stops in its first stage, `check`,
+    with one line naming every key to fix; no stage after it runs."""
+    path = dvc_project.root / "params.yaml"
+    good = path.read_text()
+    before = dvc_project.outputs()
+    dvc_project.edit_params("data", "source", str(FIXTURES / "elec2_3000.csv"))
+    dvc_project.edit_params("data", "target", "class")
+    try:
+        failed = dvc_project.dvc("repro", check=False)
+    finally:
+        path.write_text(good)
+    assert failed.returncode != 0
+    assert "Running stage 'check'" in failed.stdout
+    assert dvc_project.ran(failed.stdout) == set()
+    (line,) = [line for line in failed.stderr.splitlines() if line.startswith("error: ")]
+    for key in ("data.key_columns", "data.schema.numeric", "evaluate.primary_metric"):
+        assert key in line, key
+    assert "Traceback" not in failed.stderr + failed.stdout
+    assert dvc_project.outputs() == before
+    assert dvc_project.ran(dvc_project.dvc("repro").stdout) == set()
