@@ -52,8 +52,9 @@ def summarize(root: Path = Path(".")) -> list[str]:
     baseline = evaluation.get("baseline") or {}
     champion = evaluation.get("champion") or {}
     champion_version = gate.get("champion_version")
+    tuned = {"train": "tune kept train's params", "tuned": "tune replaced train's params"}
     lines = [
-        f"model: {model}; tune kept {tuning.get('kept', '?')}'s params"
+        f"model: {model}; {tuned.get(tuning.get('kept'), 'not tuned yet')}"
         + (f" ({tuning['reason']})" if tuning.get("reason") else ""),
         f"test {metric} ({direction} is better): {_figure(evaluation['test'].get(metric))}; "
         f"naive baseline ({baseline.get('name', '?')}) {_figure(baseline.get(metric))}; "
