@@ -59,7 +59,18 @@ import yaml
 from bench import QUIET
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ("ingest", "validate", "clean", "split", "train", "tune", "evaluate", "compress", "deploy")
+STAGES = (
+    "check",
+    "ingest",
+    "validate",
+    "clean",
+    "split",
+    "train",
+    "tune",
+    "evaluate",
+    "compress",
+    "deploy",
+)
 # params.yaml settings that these variables would replace (pipeline.config's
 # ENVIRONMENT_OVERRIDES): unset for the stages, so the state stays in the project.
 OVERRIDES = ("DRIFTLINE_PREDICTION_LOG", "DRIFTLINE_OPTUNA_STORAGE", "DRIFTLINE_DATA_BRANCH")

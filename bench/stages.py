@@ -47,7 +47,18 @@ from bench import QUIET
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-STAGES = ("ingest", "validate", "clean", "split", "train", "tune", "evaluate", "compress", "deploy")
+STAGES = (
+    "check",
+    "ingest",
+    "validate",
+    "clean",
+    "split",
+    "train",
+    "tune",
+    "evaluate",
+    "compress",
+    "deploy",
+)
 HEAVY = (
     "torch",
     "xgboost",

@@ -24,7 +24,18 @@ from tests.flows.conftest import FlowProject, git, small_project
 # DVC 3.67 warns about its own use of pygtrie on every graph it builds.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:dvc.*")
 
-STAGES = ["ingest", "validate", "clean", "split", "train", "tune", "evaluate", "compress", "deploy"]
+STAGES = [
+    "check",
+    "ingest",
+    "validate",
+    "clean",
+    "split",
+    "train",
+    "tune",
+    "evaluate",
+    "compress",
+    "deploy",
+]
 BUG = "open('evaluate-attempts.txt', 'a').write('x')\nraise RuntimeError('a bug in evaluate')\n\n"
 
 
@@ -144,7 +155,8 @@ def test_failure_halfway_changes_nothing_after_it_and_the_next_run_resumes(
     assert "RuntimeError: a bug in evaluate" in str(error)
     summary = error.summary
     assert summary["skipped"] == ["ingest", "validate", "clean", "split"]
-    assert summary["ran"] == ["train", "tune"] and summary["failed"] == ["evaluate"]
+    # check runs first on any params edit; train and tune after it
+    assert summary["ran"] == ["check", "train", "tune"] and summary["failed"] == ["evaluate"]
     assert summary["not_run"] == ["compress", "deploy"]
     # A bug is not retried, although orchestrate.retries is 2.
     assert (root / "evaluate-attempts.txt").read_text() == "x"
@@ -155,7 +167,7 @@ def test_failure_halfway_changes_nothing_after_it_and_the_next_run_resumes(
     assert flow_project.registry() == registry_before
     assert git(root, "rev-parse", "runs") == branch_before  # nothing committed
     assert flow_run_state(failed.state_details.flow_run_id).is_failed()
-    runs = task_runs(failed.state_details.flow_run_id, 7)
+    runs = task_runs(failed.state_details.flow_run_id, 8)
     assert runs["evaluate"].state.is_failed() and runs["evaluate"].run_count == 1
     assert "compress" not in runs
 
@@ -164,7 +176,7 @@ def test_failure_halfway_changes_nothing_after_it_and_the_next_run_resumes(
 
     assert resumed.is_completed(), resumed.message
     summary = resumed.result()
-    assert summary["skipped"] == ["ingest", "validate", "clean", "split", "train", "tune"]
+    assert summary["skipped"] == ["check", "ingest", "validate", "clean", "split", "train", "tune"]
     assert summary["ran"] == ["evaluate", "compress", "deploy"]
     versions, champion = flow_project.registry()
     if summary["deploy"]["action"] == "promote":
