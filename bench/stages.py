@@ -132,7 +132,7 @@ LAZY_IMPORTS: dict[str, tuple[str, ...]] = {
         *FIT_AND_LOG,
     ),
     # evaluate.main: pipeline.registry, pipeline.models.load_model -> {family}_model,
-    # pipeline.scoring, pipeline.tracking (require_run: mlflow; tracking_errors:
+    # pipeline.scoring, pipeline.tracking (model_run: mlflow; tracking_errors:
     # mlflow.exceptions, sqlalchemy.exc); _write_plots: pipeline.plots -> _pyplot:
     # matplotlib.pyplot (Agg); sklearn.metrics (metrics/plots, for classes; xgboost
     # brings it anyway); _log_to_mlflow: mlflow.

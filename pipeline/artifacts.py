@@ -6,6 +6,7 @@ leaves the previous outputs exactly as they were.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -86,3 +87,16 @@ def read_json(path: Path, produced_by: str) -> Any:
     if not path.exists():
         raise DataError(f"{path} does not exist: run the {produced_by} stage first (dvc repro)")
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def folder_digest(directory: Path) -> str:
+    """A hash of a folder's files, names and bytes: a model's identity, the same on any
+    host that holds the same bytes (MLflow runs are found by it, not by a stored id)."""
+    digest = hashlib.sha256()
+    files = sorted(path for path in Path(directory).rglob("*") if path.is_file())
+    if not files:
+        raise DataError(f"{directory} holds no files: run the stage that writes it")
+    for path in files:
+        digest.update(str(path.relative_to(directory)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()

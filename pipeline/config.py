@@ -538,11 +538,15 @@ class EvaluateConfig(Section):
 
 
 class CompressConfig(Section):
-    # auto: keep the int8 model only where it is faster and within max_metric_drop.
+    # Dynamic int8 (tried for torch and linear models). auto: keep it where it scores
+    # within max_metric_drop and its file is at most half the float one (mostly matrix
+    # weights, where int8 pays); always: wherever it is within max_metric_drop; never.
+    # Never decided on a timing: the export must be the same bytes on any machine.
     quantize: Literal["auto", "never", "always"] = "auto"
     # The ONNX model may score at most this share worse than the native one on the
     # primary metric, on the test rows (0.001 = 0.1%); beyond it, compress refuses.
     max_metric_drop: float = Field(default=0.001, ge=0)
+    # Timed for reports/compression_latency.json, a record that decides nothing.
     latency_rows: int = Field(default=10_000, ge=1, description="the batch for batch latency")
     latency_calls: int = Field(default=200, ge=10, description="single-row calls timed")
 

@@ -6,6 +6,12 @@ model one request record must match: every feature is required but nullable (nul
 means missing), categoricals take text, numbers or booleans, unknown fields are
 refused, and `id` optionally names the request.
 
+Given the model's native folder as well, it times both runtimes on a few seeded batches
+(about 50 calls; well under a second) and keeps the native model for the batch sizes
+where it measured faster on this host (xgboost on large batches, with all its threads).
+That is a property of the serving machine and its load, so it is measured here, each
+time a model is loaded, and never stored with the model.
+
 `create_app` serves it. The current `ServedModel` lives in one attribute that a reload
 replaces with a single assignment; a request takes the reference once when it starts,
 so a reload never fails a request in flight.
@@ -16,6 +22,7 @@ import json
 import logging
 import secrets
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
@@ -28,7 +35,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
 from pipeline.errors import DataError
-from pipeline.features import FeatureSpec, category_value
+from pipeline.features import FeatureArrays, FeatureSpec, category_value
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -45,14 +52,20 @@ MAX_BATCH = 10_000
 INLINE_RECORDS = 32  # batches up to this size are scored on the event loop
 REQUEST_ID = "id"
 CategoryInput = str | int | float | bool | None
+# Batch sizes at which the two runtimes are timed when a model is loaded, and the timed
+# calls per runtime and size (after one warm-up): the median of 5 is steady enough to
+# tell runtimes apart that differ twofold, as they do where the switch matters.
+TIMED_BATCHES = (1, 16, 128, 1024)
+TIMED_CALLS = 5
 
 
 @dataclass(frozen=True)
 class ServedModel:
     """One loaded model version and the request record its features call for.
 
-    `native` is the model in its training library, loaded only when compress measured
-    it faster than ONNX for batches of `native_from_rows` rows or more.
+    `native` is the model in its training library, kept only when it measured faster
+    than ONNX, on this host at load time, for batches of `native_from_rows` rows or more;
+    `batch_ms` holds those timings ({} when there was no native model to time).
     """
 
     version: str
@@ -63,6 +76,7 @@ class ServedModel:
     records: TypeAdapter[list[Any]] = field(repr=False)
     native: "TabularModel | None" = None
     native_from_rows: int | None = None
+    batch_ms: dict[int, dict[str, float]] = field(default_factory=dict, repr=False)
 
     @property
     def features(self) -> FeatureSpec:
@@ -75,7 +89,7 @@ class ServedModel:
         return tuple(c for c in self.meta.get("context") or () if c not in columns)
 
     def runtime(self, rows: int) -> "OnnxModel | TabularModel":
-        """The faster runtime for a batch of `rows`, as compress measured it."""
+        """The faster runtime for a batch of `rows`, as measured when it was loaded."""
         if self.native is not None and self.native_from_rows and rows >= self.native_from_rows:
             return self.native
         return self.model
@@ -104,7 +118,7 @@ def record_model(features: FeatureSpec, context: tuple[str, ...] = ()) -> type[B
 
 def load_served_model(folder: Path, version: str, native: Path | None = None) -> ServedModel:
     """The model in a compress-stage folder, ready to score; `native` is the model's
-    own folder, used for large batches where compress found it faster."""
+    own folder, kept for the batch sizes where it times faster here (`choose_runtime`)."""
     from pipeline.onnx_model import OnnxModel
 
     folder = Path(folder)
@@ -131,12 +145,9 @@ def load_served_model(folder: Path, version: str, native: Path | None = None) ->
     )
     context = tuple(meta.get("context") or ())
     record = record_model(features, context)
-    native_from_rows = (meta.get("serving") or {}).get("native_from_rows")
-    native_model = None
-    if native is not None and native_from_rows:
-        from pipeline.models import load_model  # xgboost, skops or torch weights: no pickle
-
-        native_model = load_model(native)
+    native_model, choice = None, RuntimeChoice(None, {})
+    if native is not None:
+        choice, native_model = _timed_native(native, model, version)
     return ServedModel(
         version=str(version),
         folder=folder,
@@ -145,8 +156,88 @@ def load_served_model(folder: Path, version: str, native: Path | None = None) ->
         record_model=record,
         records=TypeAdapter(list[record]),  # type: ignore[valid-type]
         native=native_model,
-        native_from_rows=native_from_rows if native_model is not None else None,
+        native_from_rows=choice.native_from_rows if native_model is not None else None,
+        batch_ms=choice.batch_ms,
     )
+
+
+@dataclass(frozen=True)
+class RuntimeChoice:
+    """From which batch size the native model scores faster than ONNX (None: never),
+    and the median milliseconds of each runtime per batch size."""
+
+    native_from_rows: int | None
+    batch_ms: dict[int, dict[str, float]]
+
+
+def _timed_native(
+    folder: Path, served: "OnnxModel", version: str
+) -> tuple[RuntimeChoice, "TabularModel | None"]:
+    """The native model, when it loads here and times faster for some batch sizes."""
+    try:
+        from pipeline.models import load_model  # xgboost, skops or torch weights: no pickle
+
+        native = load_model(folder)
+    except Exception as exc:  # a serving host may lack the training library: ONNX serves
+        logger.warning("serving: v%s native model not loaded, ONNX serves all: %s", version, exc)
+        return RuntimeChoice(None, {}), None
+    choice = choose_runtime(native, served)
+    if choice.native_from_rows is None:
+        logger.info("serving: v%s ONNX is as fast at every batch size timed", version)
+        return choice, None
+    logger.info(
+        "serving: v%s native model faster from %d rows a batch", version, choice.native_from_rows
+    )
+    return choice, native
+
+
+def choose_runtime(
+    native: "TabularModel",
+    served: "OnnxModel",
+    sizes: tuple[int, ...] = TIMED_BATCHES,
+    calls: int = TIMED_CALLS,
+) -> RuntimeChoice:
+    """Time both runtimes on seeded batches of growing size, inputs prepared as requests
+    arrive: native from the smallest size at which it is faster at every larger size
+    timed (and beyond the largest)."""
+    timings: dict[int, dict[str, float]] = {}
+    for size in sizes:
+        arrays = timing_arrays(served.features, size, seed=size)
+        timings[size] = {
+            "native": _median_ms(native.predict_arrays, arrays, calls),
+            "onnx": _median_ms(served.predict_arrays, arrays, calls),
+        }
+    native_from = None
+    for size in reversed(sizes):
+        if timings[size]["native"] >= timings[size]["onnx"]:
+            break
+        native_from = size
+    return RuntimeChoice(native_from, timings)
+
+
+def timing_arrays(features: FeatureSpec, rows: int, seed: int) -> FeatureArrays:
+    """Seeded stand-in rows to time a model on: numerics standard normal with a tenth
+    missing, categories drawn from train's, with gaps."""
+    rng = np.random.default_rng(seed)
+    numeric = rng.standard_normal((rows, len(features.numeric))).astype(np.float32)
+    numeric[rng.random(numeric.shape) < 0.1] = np.nan
+    codes = np.zeros((rows, len(features.categorical)), dtype=np.int64)
+    texts = []
+    for position, column in enumerate(features.categorical):
+        known = features.categories.get(column, ())
+        codes[:, position] = rng.integers(0, len(known) + 1, size=rows)
+        texts.append(np.array([None, *known], dtype=object)[codes[:, position]])
+    return FeatureArrays(numeric, codes, tuple(texts))
+
+
+def _median_ms(predict: Callable[[FeatureArrays], Any], arrays: FeatureArrays, calls: int) -> float:
+    predict(arrays)  # warm-up: first calls allocate
+    timings = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        predict(arrays)
+        timings.append((time.perf_counter() - started) * 1000)
+    return round(float(np.median(timings)), 4)
 
 
 class ModelHolder:
@@ -312,6 +403,11 @@ def model_info(served: ServedModel) -> dict[str, Any]:
         "threshold": meta.get("threshold"),
         "metrics": meta.get("metrics"),
         "data_version": meta.get("data_version"),
+        # Measured by this server when it loaded the model: a property of the host.
+        "runtimes": {
+            "native_from_rows": served.native_from_rows,
+            "batch_ms": {str(size): times for size, times in served.batch_ms.items()},
+        },
     }
 
 

@@ -20,13 +20,17 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from pipeline.artifacts import folder_digest, write_json_atomic
 from pipeline.config import MlflowConfig
-from pipeline.errors import DriftlineError, TransientError
+from pipeline.errors import DataError, DriftlineError, TransientError
 
 if TYPE_CHECKING:
     from pipeline.models import TabularModel
 
 DVC_LOCK = Path("dvc.lock")
+# Run tags: the stage that made the run, and the hash of the model folder it wrote.
+STAGE_TAG = "driftline.stage"
+MODEL_SHA256_TAG = "driftline.model_sha256"
 
 
 class TrackingError(DriftlineError):
@@ -95,19 +99,53 @@ def _unavailable(exc: BaseException) -> bool:
     )
 
 
-def require_run(config: MlflowConfig, run_id: str, stage: str) -> None:
-    """Fail early, in one line, when an earlier stage's run is not in this store."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
+def tag_model_folder(folder: Path) -> str:
+    """Tag the active run with the hash of the model folder it wrote, and return it.
 
-    try:
-        mlflow.MlflowClient().get_run(run_id)
-    except MlflowException:
-        raise TrackingError(
-            f"the {stage} run {run_id} is not in the MLflow store {tracking_uri(config)}: "
-            f"point MLFLOW_TRACKING_URI at the store it used, or re-run it "
-            f"(dvc repro -f -s {stage})"
-        ) from None
+    Stage outputs hold no run id (a new one on every run would change their bytes and
+    dvc.lock): a later stage, on this host or on one that pulled the folder from the DVC
+    remote, finds the run by this tag (`model_run`).
+    """
+    import mlflow
+
+    digest = folder_digest(folder)
+    mlflow.set_tag(MODEL_SHA256_TAG, digest)
+    return digest
+
+
+def model_run(config: MlflowConfig, experiment_id: str, stage: str, folder: Path) -> str:
+    """The id of the newest `stage` run in the experiment that logged the model folder
+    `folder` holds now (tagged with its hash); one clear line when there is none."""
+    import mlflow
+
+    digest = folder_digest(folder)
+    query = f"tags.`{STAGE_TAG}` = '{stage}' and tags.`{MODEL_SHA256_TAG}` = '{digest}'"
+    with tracking_errors(config):
+        runs = mlflow.MlflowClient().search_runs(
+            [experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1
+        )
+    if not runs:
+        raise DataError(
+            f"no {stage} run in the MLflow store {tracking_uri(config)} logged {folder} "
+            f"(sha256 {digest[:12]}): point MLFLOW_TRACKING_URI at the store it used, or "
+            f"re-run it (dvc repro -f -s {stage})"
+        )
+    return str(runs[0].info.run_id)
+
+
+def write_run_record(
+    path: Path, stage: str, run_id: str, model_uri: str, model_sha256: str, seconds: float
+) -> None:
+    """The run a stage logged, for people: its id, model URI and wall time. Not a DVC
+    output (they differ on every run) and read by no stage: they find runs by tag."""
+    record = {
+        "stage": stage,
+        "run_id": run_id,
+        "model_uri": model_uri,
+        "model_sha256": model_sha256,
+        "seconds": round(seconds, 3),
+    }
+    write_json_atomic(path, record)
 
 
 def _check_server(uri: str) -> None:

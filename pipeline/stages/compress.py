@@ -8,16 +8,18 @@ torch.onnx). What no converter can hold, turning category text into codes, is
 The export is scored on the test rows next to the native model: if it is worse by
 more than `compress.max_metric_drop` on the primary metric (the one the gate judges
 on: `evaluate.primary_metric`, or the task's default), compress refuses and writes
-nothing. Dynamic int8 quantisation is tried for torch and linear models and
-kept only when it is faster and within the same tolerance (`quantize: auto`).
+nothing. Dynamic int8 quantisation is tried for torch and linear models; with
+`quantize: auto` it is kept when it scores within the same tolerance and its file is
+at most half the float one (`keeps_int8`), never on a timing.
 
-Serving's two runtimes are then timed on batches of growing size: where the native
-model is faster from some size on (xgboost on large batches), `model.json` says so in
-`serving.native_from_rows`, and the server scores such batches natively.
-
-Outputs: `models/compressed/{model.onnx,model.json}` (what serving loads: no pickle),
-`reports/compression.json` (sizes, latency side by side, metric deltas) and
-`metrics/compress.json`.
+The versioned outputs hold no timing and no decision made on one, so the same model
+gives the same bytes on a quiet machine or a busy one: `models/compressed/{model.onnx,
+model.json}` (what serving loads: no pickle), `reports/compression.json` (sizes, metric
+deltas, the int8 decision) and `metrics/compress.json`. Latency, native and ONNX side
+by side, is measured each run into `reports/compression_latency.json`, a record of this
+machine that is not a DVC output (deploy logs it with the model). Which runtime scores
+a large batch is measured where it matters, by the server when it loads a model
+(`pipeline.serving`).
 """
 
 from __future__ import annotations
@@ -44,8 +46,8 @@ if TYPE_CHECKING:
 
 ONNX_FILE = "model.onnx"
 META_FILE = "model.json"
-# Batch sizes at which serving's two runtimes are timed against each other.
-BATCH_SIZES = (1, 16, 128, 1024)
+# quantize: auto keeps int8 only when its file is at most this share of the float one.
+INT8_MAX_SIZE_SHARE = 0.5
 
 
 class CompressionRefused(DriftlineError):
@@ -71,10 +73,9 @@ class Compression:
     sizes: dict[str, int]
     latency: dict[str, Latency]
     candidates: dict[str, dict[str, Any]] = field(default_factory=dict)
-    native_from_rows: int | None = None
-    batch_ms: dict[int, dict[str, float]] = field(default_factory=dict)
 
     def report(self) -> dict[str, Any]:
+        """What the export is and how it scores: the same for the same model."""
         return {
             "metric": self.metric,
             "native_score": self.native_score,
@@ -82,17 +83,15 @@ class Compression:
             "metric_drop": metric_drop(self.metric, self.native_score, self.onnx_score),
             "quantized": self.quantized,
             "size_bytes": self.sizes,
-            "latency_ms": {name: vars(value) for name, value in self.latency.items()},
             "candidates": self.candidates,
-            "serving": self.serving(),
         }
 
-    def serving(self) -> dict[str, Any]:
-        """How serving scores: ONNX, and the native model for batches of
-        `native_from_rows` or more where it measured faster (None: never)."""
+    def latency_report(self) -> dict[str, Any]:
+        """How fast each runtime was on this machine this time (`onnx_int8` where int8
+        was tried): a record, not a versioned output."""
         return {
-            "native_from_rows": self.native_from_rows,
-            "batch_ms": {str(size): times for size, times in self.batch_ms.items()},
+            "served": "onnx_int8" if self.quantized else "onnx",
+            "latency_ms": {name: vars(value) for name, value in self.latency.items()},
         }
 
 
@@ -136,39 +135,14 @@ def measure_latency(predict: Any, rows: pd.DataFrame, batch_rows: int, calls: in
     )
 
 
-def median_ms(predict: Any, arrays: Any, budget_s: float = 0.2, most: int = 200) -> float:
-    """The median time of `predict(arrays)` over up to `most` calls or `budget_s`."""
-    predict(arrays)  # warm-up
-    timings: list[float] = []
-    deadline = time.perf_counter() + budget_s
-    while len(timings) < 3 or (len(timings) < most and time.perf_counter() < deadline):
-        started = time.perf_counter()
-        predict(arrays)
-        timings.append((time.perf_counter() - started) * 1000)
-    return round(float(np.median(timings)), 4)
+def stable_onnx(onnx_bytes: bytes, name: str) -> bytes:
+    """The graph under a fixed name: onnxmltools names it with a random UUID, which made
+    the same model a different file (and dvc.lock a different hash) on every export."""
+    import onnx
 
-
-def batch_runtimes(
-    model: TabularModel, served: Any, rows: pd.DataFrame, largest: int
-) -> tuple[int | None, dict[int, dict[str, float]]]:
-    """Time the native model and the served ONNX model on prepared batches of growing
-    size; the smallest size from which native is faster at every larger size measured
-    (None: ONNX is never slower), and the timings."""
-    sizes = sorted({size for size in BATCH_SIZES if size < largest} | {largest})
-    timings: dict[int, dict[str, float]] = {}
-    for size in sizes:
-        batch = rows.sample(n=size, replace=len(rows) < size, random_state=size)
-        arrays = model.features.arrays(model.features.prepare(batch))
-        timings[size] = {
-            "native": median_ms(model.predict_arrays, arrays),
-            "onnx": median_ms(served.predict_arrays, arrays),
-        }
-    native_from = None
-    for size in reversed(sizes):
-        if timings[size]["native"] >= timings[size]["onnx"]:
-            break
-        native_from = size
-    return native_from, timings
+    graph_model = onnx.load_from_string(onnx_bytes)
+    graph_model.graph.name = name
+    return graph_model.SerializeToString()
 
 
 def quantizable(model: TabularModel) -> bool:
@@ -187,13 +161,14 @@ def compress(
     metric: str,
     config: CompressConfig,
 ) -> Compression:
-    """Export, check the metric, try int8, and time native and ONNX side by side."""
+    """Export, check the metric, try int8, and time native and ONNX side by side (the
+    timings decide nothing)."""
     from pipeline.onnx_model import OnnxModel, QuantizationUnsupported, export_onnx
     from pipeline.onnx_model import quantize_dynamic_int8 as quantize
     from pipeline.scoring import score
 
     native_score = score(model, test, target).metrics[metric]
-    exported = export_onnx(model)
+    exported = stable_onnx(export_onnx(model), f"driftline_{model.family}")
     onnx_score = score(OnnxModel.from_model(model, exported), test, target).metrics[metric]
     check_drop(metric, native_score, onnx_score, config.max_metric_drop)
     latency = {
@@ -218,33 +193,22 @@ def compress(
         else:
             int8_model = OnnxModel.from_model(model, int8)
             int8_score = score(int8_model, test, target).metrics[metric]
-            int8_latency = measure_latency(
-                int8_model.predict_raw, test, config.latency_rows, config.latency_calls
-            )
             int8_drop = metric_drop(metric, native_score, int8_score)
-            faster = int8_latency.one_row_p50_ms < latency["onnx"].one_row_p50_ms
-            within = int8_drop <= config.max_metric_drop
-            keep = within and (faster or config.quantize == "always")
+            keep, why = keeps_int8(config, int8_drop, len(int8), len(exported))
             candidates["int8"] = {
                 "kept": keep,
                 "score": int8_score,
                 "metric_drop": int8_drop,
                 "size_bytes": len(int8),
-                "latency_ms": vars(int8_latency),
-                "why": "faster and within tolerance"
-                if keep and faster
-                else ("quantize: always" if keep else "slower" if within else "too inaccurate"),
+                "why": why,
             }
             sizes["int8"] = len(int8)
+            latency["onnx_int8"] = measure_latency(
+                int8_model.predict_raw, test, config.latency_rows, config.latency_calls
+            )
             if keep:
                 chosen, quantized, chosen_score = int8, True, int8_score
-                latency["onnx_int8"] = int8_latency
-    # Timed as serving runs them: one ONNX Runtime thread, inputs already prepared.
-    served = OnnxModel.from_model(model, chosen, intra_op_num_threads=1)
-    native_from_rows, batch_ms = batch_runtimes(model, served, test, config.latency_rows)
     return Compression(
-        native_from_rows=native_from_rows,
-        batch_ms=batch_ms,
         onnx_bytes=chosen,
         quantized=quantized,
         metric=metric,
@@ -254,6 +218,27 @@ def compress(
         latency=latency,
         candidates=candidates,
     )
+
+
+def keeps_int8(
+    config: CompressConfig, drop: float, int8_bytes: int, float_bytes: int
+) -> tuple[bool, str]:
+    """Whether to serve the int8 graph, and why: never a timing, so that the same model
+    gives the same export on any machine under any load.
+
+    Both policies need the int8 graph within `max_metric_drop`; `auto` also needs its
+    file at most half the float one. Dynamic int8 stores weights in a quarter of the
+    bytes, so a graph that does not halve holds few weights to quantise and little to
+    gain; one that does is mostly large matrix multiplies, where int8 pays.
+    """
+    if drop > config.max_metric_drop:
+        return False, f"too inaccurate ({drop:+.3%} against max_metric_drop)"
+    if config.quantize == "always":
+        return True, "quantize: always, within tolerance"
+    share = int8_bytes / float_bytes
+    if share > INT8_MAX_SIZE_SHARE:
+        return False, f"{share:.0%} of the float file: too little to gain"
+    return True, f"within tolerance and {share:.0%} of the float file"
 
 
 def context_columns(spec: DatasetSpec, features: tuple[str, ...]) -> list[str]:
@@ -275,11 +260,14 @@ def main(
     out: Annotated[Path, typer.Option(help="Folder for model.onnx and model.json.")] = Path(
         "models/compressed"
     ),
-    report: Annotated[Path, typer.Option(help="Sizes, latency, metric deltas.")] = Path(
+    report: Annotated[Path, typer.Option(help="Sizes, metric deltas, the int8 decision.")] = Path(
         "reports/compression.json"
     ),
     metrics: Annotated[Path, typer.Option(help="Flat figures for `dvc metrics`.")] = Path(
         "metrics/compress.json"
+    ),
+    latency: Annotated[Path, typer.Option(help="This run's timings (not a DVC output).")] = Path(
+        "reports/compression_latency.json"
     ),
 ) -> None:
     """Export the tuned model to ONNX, quantise where it pays, and measure both."""
@@ -301,7 +289,6 @@ def main(
         meta = {
             **candidate.describe(),
             "onnx": {"file": ONNX_FILE, "quantized": result.quantized, "metric": metric},
-            "serving": result.serving(),
             # Columns a request may carry for the log, so that a labelled production
             # row can become a training row again (`driftline` retraining on drift).
             "context": context_columns(spec, candidate.features.columns),
@@ -309,10 +296,6 @@ def main(
         (staged / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     summary = result.report()
     write_json_atomic(report, summary)
-    onnx, native = (
-        result.latency["onnx_int8" if result.quantized else "onnx"],
-        result.latency["native"],
-    )
     write_json_atomic(
         metrics,
         {
@@ -320,21 +303,22 @@ def main(
             "onnx_kb": round(len(result.onnx_bytes) / 1024, 1),
             "quantized": result.quantized,
             "metric_drop": summary["metric_drop"],
-            "one_row_p50_ms_native": native.one_row_p50_ms,
-            "one_row_p50_ms_onnx": onnx.one_row_p50_ms,
-            "batch_ms_native": native.batch_ms,
-            "batch_ms_onnx": onnx.batch_ms,
         },
     )
+    timings = result.latency_report()
+    write_json_atomic(
+        latency,
+        {"batch_rows": config.latency_rows, "single_row_calls": config.latency_calls, **timings},
+    )
+    onnx, native = result.latency[timings["served"]], result.latency["native"]
     say(
         f"compress ({candidate.family}{', int8' if result.quantized else ''}): "
         f"{result.sizes['native'] / 1024:.0f} KB -> {len(result.onnx_bytes) / 1024:.0f} KB; "
         f"{metric} {result.native_score:.5g} -> {result.onnx_score:.5g}; one row "
         f"{native.one_row_p50_ms:.3g} -> {onnx.one_row_p50_ms:.3g} ms, "
-        f"{config.latency_rows} rows {native.batch_ms:.3g} -> {onnx.batch_ms:.3g} ms -> {out}"
+        f"{config.latency_rows} rows {native.batch_ms:.3g} -> {onnx.batch_ms:.3g} ms "
+        f"(timings in {latency}) -> {out}"
     )
-    if result.native_from_rows:
-        say(f"serving: the native model is faster from {result.native_from_rows} rows a batch")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ the experiment's name, and `driftline promote VERSION` serves it when a person d
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pipeline.artifacts import read_json, read_stage_input, write_json_atomic
+from pipeline.artifacts import folder_digest, read_json, read_stage_input, write_json_atomic
 from pipeline.config import DEFAULT_PARAMS, load_params
 from pipeline.console import report_user_errors, say
 from pipeline.errors import DataError
@@ -60,27 +59,12 @@ def decide(
     return Decision("promote", gate["reason"])
 
 
-def folder_digest(directory: Path) -> str:
-    """A hash of a model folder's files, names and bytes: the model's identity."""
-    digest = hashlib.sha256()
-    files = sorted(path for path in Path(directory).rglob("*") if path.is_file())
-    if not files:
-        raise DataError(f"{directory} holds no files: run the stage that writes it")
-    for path in files:
-        digest.update(str(path.relative_to(directory)).encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
 @report_user_errors
 def main(
     params: Annotated[Path, typer.Option(help="The params file.")] = DEFAULT_PARAMS,
     gate: Annotated[Path, typer.Option(help="The gate's decision.")] = Path("reports/gate.json"),
     model: Annotated[Path, typer.Option(help="The candidate model.")] = Path("models/tuned"),
     compressed: Annotated[Path, typer.Option(help="Its ONNX export.")] = Path("models/compressed"),
-    tuning: Annotated[Path, typer.Option(help="Tune's summary (its run).")] = Path(
-        "reports/tuning/summary.json"
-    ),
     split: Annotated[Path, typer.Option(help="The split (an input example).")] = Path("data/split"),
     reference: Annotated[
         Path, typer.Option(help="The monitor's reference sample and drift profile.")
@@ -88,11 +72,13 @@ def main(
     report: Annotated[Path, typer.Option(help="This run's decision.")] = Path(
         "reports/deploy.json"
     ),
+    latency: Annotated[
+        Path, typer.Option(help="compress's latency record, logged with the model if present.")
+    ] = Path("reports/compression_latency.json"),
 ) -> None:
     """Register the candidate and make it the champion if the gate passed; record why."""
     config = load_params(params).mlflow
     decided = read_json(gate, "evaluate")
-    run_id = read_json(tuning, "tune")["run_id"]
     if not (compressed / "model.onnx").exists():
         raise DataError(f"{compressed}/model.onnx does not exist: run the compress stage first")
     if not (reference / "reference.parquet").exists() or not (reference / "drift_profile").is_dir():
@@ -107,8 +93,10 @@ def main(
 
     trigger = promotions.trigger_from_environment()
     experiment = promotions.experiment_from_environment()
-    tracking.start_tracking(config)
-    tracking.require_run(config, run_id, "tune")
+    experiment_id = tracking.start_tracking(config)
+    # The tune run that logged this model folder (by its hash): the deployable model,
+    # ONNX export and reference go into it.
+    run_id = tracking.model_run(config, experiment_id, "tune", model)
     with tracking.tracking_errors(config):
         champion = alias_version(config, CHAMPION)
         champion_version = str(champion.version) if champion is not None else None
@@ -128,6 +116,8 @@ def main(
                     name="deployable",
                     reference_dir=reference,
                 )
+                if latency.exists():  # timings: a record of this host, not a DVC output
+                    mlflow.log_dict(read_json(latency, "compress"), "compression/latency.json")
                 tags = {
                     "driftline.model_sha256": candidate_sha,
                     "driftline.metrics": json.dumps(metrics),

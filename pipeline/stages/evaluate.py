@@ -274,7 +274,7 @@ def main(
     untuned: Annotated[Path, typer.Option(help="Train's model, for comparison.")] = Path(
         "models/candidate"
     ),
-    tuning: Annotated[Path, typer.Option(help="Tune's summary (its MLflow run).")] = Path(
+    tuning: Annotated[Path, typer.Option(help="Tune's summary (its budget).")] = Path(
         "reports/tuning/summary.json"
     ),
     metrics: Annotated[Path, typer.Option(help="Test metrics for `dvc metrics`.")] = Path(
@@ -302,10 +302,12 @@ def main(
     from pipeline import registry
     from pipeline.models import load_model
     from pipeline.scoring import score
-    from pipeline.tracking import require_run, start_tracking, tracking_errors
+    from pipeline.tracking import model_run, start_tracking, tracking_errors
 
-    start_tracking(loaded.mlflow)
-    require_run(loaded.mlflow, tuned_summary["run_id"], "tune")
+    experiment_id = start_tracking(loaded.mlflow)
+    # The tune run that logged this very model folder, found by its hash: on this host
+    # or on any that shares the MLflow server, whoever pulled the folder from DVC.
+    tune_run_id = model_run(loaded.mlflow, experiment_id, "tune", model)
     candidate = load_model(model)
     scored = score(candidate, test_rows, spec.target)
     untuned_metrics = score(load_model(untuned), test_rows, spec.target).metrics
@@ -370,7 +372,7 @@ def main(
     with staged_directory(plots) as staged:
         written_plots = _draw_plots(scored, candidate, test_rows, spec, importance, staged)
         # Logged before anything is replaced: a store that fails leaves every output as it was.
-        _log_to_mlflow(loaded.mlflow, tuned_summary["run_id"], flat, decision, evaluation, staged)
+        _log_to_mlflow(loaded.mlflow, tune_run_id, flat, decision, evaluation, staged)
     write_json_atomic(report, evaluation)
     write_json_atomic(gate_report, decision.to_dict())
     write_json_atomic(metrics, flat)

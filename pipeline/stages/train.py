@@ -5,10 +5,13 @@ Poisson and log1p (`pipeline.selection`: rolling-origin folds over the val perio
 time-ordered data, else val) and fits the best; the figures go to the report and to
 `model.json`, where tune finds the objective and the loss its trials must beat.
 
-Outputs: `models/candidate/` (the model folder), `reports/train.json` (the MLflow run,
-val metrics, device and timing) and `metrics/train.json`. Test rows are not read.
-The run in MLflow holds the params, val metrics, loss curve, model, git commit and
-the hashes of dvc.lock and of the data.
+Outputs: `models/candidate/` (the model folder), `reports/train.json` (val metrics,
+device, the objective's figures) and `metrics/train.json`, the same bytes for the same
+inputs. Test rows are not read. The run in MLflow holds the params, val metrics, loss
+curve, model, wall time, git commit, the hashes of dvc.lock and of the data, and the
+hash of the model folder (`driftline.model_sha256`), by which later stages find it.
+Its id, model URI and wall time are also in `reports/runs/train.json`, a record for
+people that is not a DVC output.
 """
 
 from __future__ import annotations
@@ -64,12 +67,15 @@ def main(
     out: Annotated[Path, typer.Option(help="The model folder to write.")] = Path(
         "models/candidate"
     ),
-    report: Annotated[Path, typer.Option(help="Run id, val metrics, timing.")] = Path(
+    report: Annotated[Path, typer.Option(help="Val metrics, device, objective.")] = Path(
         "reports/train.json"
     ),
     metrics: Annotated[Path, typer.Option(help="Flat figures for `dvc metrics`.")] = Path(
         "metrics/train.json"
     ),
+    run_record: Annotated[
+        Path, typer.Option(help="The MLflow run's id and wall time (not a DVC output).")
+    ] = Path("reports/runs/train.json"),
 ) -> None:
     """Train the model family in params (train.model) on data/split, refit it on train +
     val (train.refit); log it to MLflow. Val metrics are the early-stopped model's."""
@@ -121,10 +127,11 @@ def main(
         val_logged = {f"val_{name}": value for name, value in val_metrics.items()}
         model_uri = tracking.log_fitted_model(model, staged, val_logged, val_rows)
         mlflow.log_metric("train_seconds", seconds)
+        model_sha256 = tracking.tag_model_folder(staged)
 
+    # What the stage computed, nothing of when or where it ran: the same inputs give the
+    # same bytes, so dvc.lock does not change on a re-run.
     summary = {
-        "run_id": run.info.run_id,
-        "model_uri": model_uri,
         "family": config.model,
         "device": model.report.device,
         "best_step": model.report.best_step,
@@ -133,10 +140,12 @@ def main(
         "threshold": model.threshold,
         "objective": model.objective,
         "selection": model.selection,
-        "seconds": round(seconds, 3),
         "val": val_metrics,
     }
     write_json_atomic(report, summary)
+    tracking.write_run_record(
+        run_record, "train", run.info.run_id, model_uri, model_sha256, seconds
+    )
     write_json_atomic(metrics, {f"val_{name}": value for name, value in val_metrics.items()})
     shown = ", ".join(f"{name} {value:.4g}" for name, value in list(val_metrics.items())[:3])
     chosen = f", objective {model.objective}" if model.objective else ""

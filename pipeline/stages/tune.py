@@ -22,7 +22,12 @@ inputs adds no trials and refits the same model, and other processes running
 `tune.n_trials` is the budget; `tune.timeout`, off by default, only caps a study that
 would run too long, and when it cuts one the summary says so (`budget`).
 
-Outputs: `models/tuned/`, `reports/tuning/{summary.json,trials.csv}`, `metrics/tune.json`.
+Outputs: `models/tuned/`, `reports/tuning/{summary.json,trials.csv}`, `metrics/tune.json`,
+the same bytes for the same inputs: no run id, no wall time, no trial's start or
+duration (those are in MLflow: the run's `tune_seconds` and its `tuning/trials.csv`).
+The run carries the hash of `models/tuned` (`driftline.model_sha256`), by which
+evaluate and deploy find it; its id and wall time are also in `reports/runs/tune.json`,
+a record for people that is not a DVC output.
 """
 
 from __future__ import annotations
@@ -70,6 +75,9 @@ if TYPE_CHECKING:
 # Report a trial's val loss to the pruner every this many boosting rounds (epochs are
 # reported every time): each report is a write to the study's storage.
 REPORT_EVERY_ROUNDS = 10
+# Columns of Optuna's trials table that say when a trial ran, not what it found: they
+# stay in MLflow's copy and out of the versioned one.
+TIMING_COLUMNS = ("datetime_start", "datetime_complete", "duration")
 
 
 @dataclass(frozen=True)
@@ -565,6 +573,9 @@ def main(
     report: Annotated[Path, typer.Option(help="Folder for summary.json, trials.csv.")] = Path(
         "reports/tuning"
     ),
+    run_record: Annotated[
+        Path, typer.Option(help="The MLflow run's id and wall time (not a DVC output).")
+    ] = Path("reports/runs/tune.json"),
     metrics: Annotated[Path, typer.Option(help="Flat figures for `dvc metrics`.")] = Path(
         "metrics/tune.json"
     ),
@@ -661,8 +672,8 @@ def main(
             refitted = refit_model(result.model, train_rows, val_rows, spec, train_config)
             result = replace(result, model=refitted)
         seconds = time.perf_counter() - started
-        trials_csv = result.trials.to_csv(index=False)
-        mlflow.log_text(trials_csv, "tuning/trials.csv")
+        mlflow.log_text(result.trials.to_csv(index=False), "tuning/trials.csv")
+        trials_csv = versioned_trials(result.trials).to_csv(index=False)
         # Logged from the staged folder before it replaces `out`: a store that fails
         # leaves the previous model and reports as they were.
         with staged_directory(out) as staged:
@@ -673,13 +684,12 @@ def main(
                 {f"val_{name}": value for name, value in val_metrics.items()},
                 val_rows,
             )
-        mlflow.log_metric("tune_seconds", seconds)
+            mlflow.log_metric("tune_seconds", seconds)
+            model_sha256 = tracking.tag_model_folder(staged)
 
     write_text_atomic(report / "trials.csv", trials_csv)
 
     summary = {
-        "run_id": run.info.run_id,
-        "model_uri": model_uri,
         "family": train_config.model,
         "study": result.study_name,
         "storage": mask_url(config.storage) if config.storage else None,
@@ -695,11 +705,11 @@ def main(
         "best_step": result.model.report.best_step,
         "refit_rows": result.model.report.refit_rows,
         "threshold": result.model.threshold,
-        "seconds": round(seconds, 3),
         **result.counts,
         "val": val_metrics,
     }
     write_json_atomic(report / "summary.json", summary)
+    tracking.write_run_record(run_record, "tune", run.info.run_id, model_uri, model_sha256, seconds)
     write_json_atomic(
         metrics,
         {
@@ -717,6 +727,11 @@ def main(
         f"{result.counts['pruned']} pruned in {seconds:.0f} s{cut}; kept {result.kept}'s "
         f"params: {result.reason} -> {out}"
     )
+
+
+def versioned_trials(trials: pd.DataFrame) -> pd.DataFrame:
+    """The trials table without the columns that say when each trial ran."""
+    return trials.drop(columns=[c for c in TIMING_COLUMNS if c in trials.columns])
 
 
 def read_untuned(folder: Path, train_config: TrainConfig, data_digest: str) -> Untuned | None:

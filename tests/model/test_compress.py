@@ -1,4 +1,5 @@
-"""compress through the real command: ONNX for the tuned model, measured side by side."""
+"""compress through the real command: ONNX for the tuned model, measured side by side in
+a record, with no timing in what DVC versions."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.stages.compress import CompressionRefused, check_drop, metric_drop
+from pipeline.config import CompressConfig
+from pipeline.stages.compress import CompressionRefused, check_drop, keeps_int8, metric_drop
 from tests.conftest import Project
 from tests.model.test_model_stages import MODEL_STAGES, read
 from tests.unit.test_bad_input import assert_one_clear_line
@@ -36,14 +38,22 @@ def test_compress_exports_checks_and_measures(
     assert report["metric"] == "rmse"
     assert report["metric_drop"] <= 0.001
     assert set(report["size_bytes"]) >= {"native", "onnx"}
-    for runtime in ("native", "onnx"):
-        latency = report["latency_ms"][runtime]
-        assert 0 < latency["one_row_p50_ms"] <= latency["one_row_p99_ms"]
-        assert latency["batch_ms"] > 0
     if family in ("torch", "sklearn"):
         assert "int8" in report["candidates"]  # tried, kept only where it pays
     else:
         assert report["candidates"] == {}
+    # Timings are a record beside the versioned outputs, never in them.
+    record = read(project, "reports/compression_latency.json")
+    assert record["served"] == ("onnx_int8" if report["quantized"] else "onnx")
+    for runtime in ("native", "onnx"):
+        latency = record["latency_ms"][runtime]
+        assert 0 < latency["one_row_p50_ms"] <= latency["one_row_p99_ms"]
+        assert latency["batch_ms"] > 0
+    if "score" in report["candidates"].get("int8", {}):
+        assert record["latency_ms"]["onnx_int8"]["batch_ms"] > 0
+    metrics = read(project, "metrics/compress.json")
+    assert set(metrics) == {"native_kb", "onnx_kb", "quantized", "metric_drop"}
+    assert not {"latency_ms", "serving"} & set(report)
 
     # What serving will load: the ONNX file and its JSON, no pickle, same predictions.
     from pipeline.models import load_model
@@ -65,20 +75,27 @@ def test_compress_exports_checks_and_measures(
     assert meta["onnx"]["quantized"] == report["quantized"]
     assert meta["features"] == native.features.to_dict()
     assert meta["context"] == ["instant", "dteday"]  # the key and time a request may carry
+    # Which runtime serves large batches is measured by the server, not stored here.
+    assert "serving" not in meta
 
-    # Serving's runtimes timed side by side on growing batches, up to latency_rows.
-    serving = report["serving"]
-    assert meta["serving"] == serving
-    assert list(serving["batch_ms"]) == ["1", "16", "128", "500"]
-    assert all(t["native"] > 0 and t["onnx"] > 0 for t in serving["batch_ms"].values())
-    # Native from the smallest size at which it is faster at every larger size measured.
-    expected = None
-    for size in sorted((int(n) for n in serving["batch_ms"]), reverse=True):
-        times = serving["batch_ms"][str(size)]
-        if times["native"] >= times["onnx"]:
-            break
-        expected = size
-    assert serving["native_from_rows"] == expected
+
+@pytest.mark.parametrize(
+    ("quantize", "drop", "int8_bytes", "kept", "why"),
+    [
+        ("auto", 0.0005, 300, True, "within tolerance and 30% of the float file"),
+        ("auto", 0.0005, 600, False, "60% of the float file: too little to gain"),
+        ("auto", 0.002, 300, False, "too inaccurate"),
+        ("always", 0.0005, 900, True, "quantize: always"),
+        ("always", 0.002, 300, False, "too inaccurate"),
+    ],
+)
+def test_int8_is_kept_by_accuracy_and_size_never_by_a_timing(
+    quantize: str, drop: float, int8_bytes: int, kept: bool, why: str
+) -> None:
+    config = CompressConfig(quantize=quantize, max_metric_drop=0.001)
+    keep, reason = keeps_int8(config, drop, int8_bytes, 1000)
+    assert keep is kept
+    assert reason.startswith(why)
 
 
 def test_an_export_that_scores_worse_than_the_tolerance_is_refused() -> None:

@@ -11,7 +11,8 @@ import optuna
 import pandas as pd
 import pytest
 
-from pipeline import registry
+from pipeline import registry, tracking
+from pipeline.artifacts import folder_digest
 from pipeline.config import load_params
 from tests.conftest import Project
 
@@ -25,7 +26,7 @@ def read(project: Project, relative: str) -> dict:
 def make_champion(project: Project) -> str:
     """Register the tuned model of the last run and point `champion` at it."""
     config = load_params(project.params_path).mlflow
-    version = registry.register(config, read(project, "reports/tuning/summary.json")["model_uri"])
+    version = registry.register(config, read(project, "reports/runs/tune.json")["model_uri"])
     registry.set_alias(config, registry.CHAMPION, version)
     return version
 
@@ -48,7 +49,19 @@ def test_first_model_is_judged_on_the_floors_alone(trained: Project) -> None:
 def test_runs_hold_params_metrics_model_and_provenance(trained: Project) -> None:
     mlflow.set_tracking_uri(f"sqlite:///{trained.root / 'mlflow.db'}")
     tuning = read(trained, "reports/tuning/summary.json")
-    run = mlflow.get_run(tuning["run_id"])
+    # The versioned reports name no run: later stages find it by the model folder's hash.
+    assert not {"run_id", "model_uri", "seconds"} & set(tuning)
+    assert not {"run_id", "model_uri", "seconds"} & set(read(trained, "reports/train.json"))
+    config = load_params(trained.params_path).mlflow
+    experiment_id = tracking.start_tracking(config)
+    run_id = tracking.model_run(config, experiment_id, "tune", trained.root / "models/tuned")
+    record = read(trained, "reports/runs/tune.json")  # the record for people agrees
+    assert record["run_id"] == run_id and record["seconds"] > 0
+    run = mlflow.get_run(run_id)
+    assert run.data.tags["driftline.model_sha256"] == folder_digest(trained.root / "models/tuned")
+    assert "tune_seconds" in run.data.metrics
+    train_id = tracking.model_run(config, experiment_id, "train", trained.root / "models/candidate")
+    assert train_id == read(trained, "reports/runs/train.json")["run_id"]
     assert run.data.params["train.model"] == "xgboost"
     assert "best.learning_rate" in run.data.params
     assert {"val_rmse", "test_rmse", "baseline_rmse", "untuned_rmse"} <= set(run.data.metrics)
@@ -65,7 +78,7 @@ def test_runs_hold_params_metrics_model_and_provenance(trained: Project) -> None
     assert len(trials) == tuning["trials"] == 3
     # The logged model takes raw columns and predicts through MLflow's own loader.
     test = pd.read_parquet(trained.root / "data/split/test.parquet").head(4)
-    predicted = mlflow.pyfunc.load_model(tuning["model_uri"]).predict(test)
+    predicted = mlflow.pyfunc.load_model(record["model_uri"]).predict(test)
     assert len(predicted) == 4
 
 

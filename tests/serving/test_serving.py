@@ -4,6 +4,7 @@ version, and every answer reaches the prediction log."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -20,7 +21,7 @@ from pipeline.models import fit_model
 from pipeline.onnx_model import export_onnx
 from pipeline.prediction_log import PredictionLog, read_predictions
 from pipeline.schema import DatasetSpec
-from pipeline.serving import ServedModel, create_app, load_served_model
+from pipeline.serving import TIMED_BATCHES, ServedModel, create_app, load_served_model
 
 TOKEN = "s3cret"
 
@@ -126,18 +127,40 @@ def test_regression_returns_values_without_probabilities(folders: dict[str, Path
     assert "probabilities" not in predictions[0]
 
 
-def test_large_batches_go_to_the_native_model_where_compress_found_it_faster(
+def test_loading_times_both_runtimes_and_keeps_native_only_where_faster(
     folders: dict[str, Path],
 ) -> None:
     folder = folders["regression"]
-    meta = json.loads((folder / "model.json").read_text())
-    meta["serving"] = {"native_from_rows": 8, "batch_ms": {}}
-    (folder / "model.json").write_text(json.dumps(meta))
-    try:
-        served = load_served_model(folder, "r1", native=folder.with_name("regression-native"))
-    finally:
-        del meta["serving"]
-        (folder / "model.json").write_text(json.dumps(meta))
+    served = load_served_model(folder, "r1", native=folder.with_name("regression-native"))
+    timings = served.batch_ms
+    assert list(timings) == list(TIMED_BATCHES)
+    assert all(t["native"] > 0 and t["onnx"] > 0 for t in timings.values())
+    # Native from the smallest size at which it is faster at every larger size timed.
+    expected = None
+    for size in reversed(TIMED_BATCHES):
+        if timings[size]["native"] >= timings[size]["onnx"]:
+            break
+        expected = size
+    assert served.native_from_rows == expected
+    assert (served.native is not None) == (expected is not None)
+    runtimes = TestClient(create_app(fixed(served))).get("/model").json()["runtimes"]
+    assert runtimes["native_from_rows"] == expected
+    assert list(runtimes["batch_ms"]) == [str(size) for size in TIMED_BATCHES]
+    # The model folder says nothing about runtimes: that is this host's measurement.
+    assert "serving" not in json.loads((folder / "model.json").read_text())
+
+
+def test_large_batches_go_to_the_native_model_where_it_timed_faster(
+    folders: dict[str, Path],
+) -> None:
+    from pipeline.models import load_model
+
+    folder = folders["regression"]
+    served = dataclasses.replace(
+        load_served_model(folder, "r1"),
+        native=load_model(folder.with_name("regression-native")),
+        native_from_rows=8,
+    )
     assert served.runtime(7) is served.model and served.runtime(8) is served.native
     client = TestClient(create_app(fixed(served)))
     records = rows(10)
@@ -146,9 +169,15 @@ def test_large_batches_go_to_the_native_model_where_compress_found_it_faster(
     expected = served.native.predict(pd.DataFrame(records))
     assert [p["prediction"] for p in native] == pytest.approx(list(expected), rel=1e-9)
     assert [p["prediction"] for p in onnx] == pytest.approx(list(expected[:7]), rel=1e-5)
-    # Without the measurement, ONNX serves every size, native folder or not.
-    alone = load_served_model(folder, "r1", native=folder.with_name("regression-native"))
-    assert alone.native is None and alone.runtime(10_000) is alone.model
+    # Without a native folder nothing is timed and ONNX serves every size.
+    alone = load_served_model(folder, "r1")
+    assert alone.native is None and alone.batch_ms == {} and alone.runtime(10_000) is alone.model
+
+
+def test_a_native_model_that_cannot_load_leaves_onnx_serving(folders: dict[str, Path]) -> None:
+    folder = folders["regression"]
+    served = load_served_model(folder, "r1", native=folder.with_name("no-such-folder"))
+    assert served.native is None and served.runtime(10_000) is served.model
 
 
 def test_categories_as_numbers_or_booleans_are_accepted(binary: ServedModel) -> None:
