@@ -47,8 +47,8 @@ def check_params(
     """Check params.yaml, and check it against the data source, without running anything."""
     from pipeline import preflight
 
+    checked = preflight.check_file(params)
     loaded = load_params(params)
-    checked = preflight.check(loaded)
     say(
         f"{params}: ok (source {loaded.data.source}, target {loaded.data.target}, "
         f"task {checked['task']}, metric {checked['primary_metric']})"

@@ -35,6 +35,46 @@ class SourceFacts:
     times: pd.Series | None
 
 
+def missing_for_dvc(params_file: Path, dvc_yaml: Path = Path("dvc.yaml")) -> list[str]:
+    """The keys dvc.yaml's stages declare that `params_file` lacks: DVC stops a stage
+    whose declared param is missing, even where the config has a default."""
+    import yaml
+
+    if not dvc_yaml.exists():
+        return []
+    stages = (yaml.safe_load(dvc_yaml.read_text(encoding="utf-8")) or {}).get("stages", {})
+    raw = yaml.safe_load(params_file.read_text(encoding="utf-8")) or {}
+    declared = {
+        entry
+        for body in stages.values()
+        for entry in body.get("params", [])
+        if isinstance(entry, str)
+    }
+    missing = []
+    for key in sorted(declared):
+        node: Any = raw
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                missing.append(key)
+                break
+            node = node[part]
+    return missing
+
+
+def check_file(params_file: Path) -> dict[str, Any]:
+    """`check` for a params file in a project: the keys DVC needs, then the data."""
+    from pipeline.config import load_params
+
+    params = load_params(params_file)
+    missing = missing_for_dvc(params_file)
+    if missing:
+        raise ConfigError(
+            f"{params_file}: dvc.yaml's stages read {', '.join(missing)}, which it lacks: "
+            "`driftline init SOURCE --target COLUMN` writes a complete file"
+        )
+    return check(params)
+
+
 def read_facts(params: Params) -> SourceFacts | None:
     """The source's header, target and time column; None for a SQL source."""
     from pipeline.sources import PARQUET_SUFFIXES, expand_environment, read_source

@@ -29,8 +29,8 @@ def main(
     ),
 ) -> None:
     """Check params.yaml against the data source; one line per run, every problem in it."""
+    checked = preflight.check_file(params)
     loaded = load_params(params)
-    checked = preflight.check(loaded)
     write_json_atomic(report, checked)
     say(
         f"check: {params} fits {loaded.data.source} (task {checked['task']}, "

@@ -158,3 +158,18 @@ def test_check_params_says_what_it_checked(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["check-params", "--params", str(params)])
     assert result.exit_code == 0, result.stderr
     assert "task binary, metric roc_auc" in result.stdout
+
+
+def test_a_params_file_without_the_sections_dvc_needs_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The config fills in defaults, but DVC stops a stage whose declared param is
+    missing: check says so first, naming every key."""
+    (tmp_path / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
+    (tmp_path / "params.yaml").write_text("data:\n  source: builtin:bike_sharing\n  target: cnt\n")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["check-params"])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: params.yaml: dvc.yaml's stages read clean, compress")
+    assert "validate, which it lacks: `driftline init SOURCE --target COLUMN`" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
