@@ -99,6 +99,8 @@ FIT_AND_LOG = (
 )
 
 LAZY_IMPORTS: dict[str, tuple[str, ...]] = {
+    # preflight reads the source as ingest does (pandas; Parquet headers with pyarrow).
+    "check": ("pyarrow.parquet",),
     # sources.read_source reads the builtin CSV with pandas (sqlalchemy only for SQL
     # URLs); artifacts.write_parquet_atomic -> DataFrame.to_parquet -> pyarrow.parquet.
     "ingest": ("pyarrow.parquet",),

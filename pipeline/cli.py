@@ -48,10 +48,10 @@ def check_params(
     from pipeline import preflight
 
     checked = preflight.check_file(params)
-    loaded = load_params(params)
+    data = checked.params.data
     say(
-        f"{params}: ok (source {loaded.data.source}, target {loaded.data.target}, "
-        f"task {checked['task']}, metric {checked['primary_metric']})"
+        f"{params}: ok (source {data.source}, target {data.target}, "
+        f"task {checked.facts['task']}, metric {checked.primary_metric})"
     )
 
 

@@ -31,6 +31,7 @@ from ruamel.yaml.tokens import CommentToken
 
 from pipeline.artifacts import write_text_atomic
 from pipeline.config import (
+    LANDING,
     DataConfig,
     Params,
     Schema,
@@ -41,6 +42,7 @@ from pipeline.config import (
     with_environment,
 )
 from pipeline.errors import ConfigError, DataError, SourceError
+from pipeline.metrics import DEFAULT_PRIMARY
 from pipeline.schema import (
     ID_NAME,
     infer_datetime_format,
@@ -61,14 +63,9 @@ MAX_SLICE_VALUES = 10
 MAX_SLICE_SHARE = 0.95
 MIN_KEY_ROWS = 20
 # A number named like a time that never decreases down the rows hints at rows in time
-# order (ELEC2's normalised `date`): init says so, the split method stays the user's.
+# order (ELEC2's normalised `date`): init splits them in row order and says so.
 TIME_LIKE_NAME = re.compile(r"date|time|timestamp|epoch", re.IGNORECASE)
 LEAK_CORRELATION = 0.95
-PRIMARY_METRICS: dict[str, str] = {
-    "regression": "rmse",
-    "binary": "roc_auc",
-    "multiclass": "f1_macro",
-}
 # What "better than knowing nothing" means per task: r2 0 is the test mean, a ROC AUC
 # of 0.5 a coin. Macro F1 has no such level (it depends on the classes): no floor.
 FLOORS: dict[str, dict[str, float]] = {
@@ -106,7 +103,7 @@ class DataChoices:
 
     @property
     def primary_metric(self) -> str:
-        return PRIMARY_METRICS[self.task]
+        return DEFAULT_PRIMARY[self.task]
 
     @property
     def floors(self) -> dict[str, float]:
@@ -502,9 +499,7 @@ def render_params(
                 f"{origin}: expected a mapping of sections (data, validate, ...); "
                 "fix it or move it away, then run init again"
             )
-    old_data = document.get("data") if isinstance(document.get("data"), dict) else {}
-    landing = old_data.get("landing")
-    landing = landing if isinstance(landing, str) and landing.strip() else "data/landing"
+    landing = LANDING  # the folder dvc.yaml tracks; no other value loads
 
     fresh = round_trip.load(data_section(source, query, landing, choices))
     if "data" in document:

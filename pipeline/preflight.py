@@ -21,8 +21,8 @@ from typing import Any
 import pandas as pd
 
 from pipeline.config import Params, is_sql_url
-from pipeline.errors import ConfigError
-from pipeline.metrics import DEFAULT_PRIMARY, TASK_METRICS
+from pipeline.errors import ConfigError, DataError
+from pipeline.metrics import DEFAULT_PRIMARY, TASK_METRICS, primary_metric
 from pipeline.schema import infer_task
 
 
@@ -35,11 +35,12 @@ class SourceFacts:
     times: pd.Series | None
 
 
-def missing_for_dvc(params_file: Path, dvc_yaml: Path = Path("dvc.yaml")) -> list[str]:
-    """The keys dvc.yaml's stages declare that `params_file` lacks: DVC stops a stage
-    whose declared param is missing, even where the config has a default."""
+def missing_for_dvc(params_file: Path) -> list[str]:
+    """The keys the dvc.yaml beside `params_file` declares that the file lacks: DVC
+    stops a stage whose declared param is missing, even where the config has a default."""
     import yaml
 
+    dvc_yaml = params_file.parent / "dvc.yaml"
     if not dvc_yaml.exists():
         return []
     stages = (yaml.safe_load(dvc_yaml.read_text(encoding="utf-8")) or {}).get("stages", {})
@@ -61,7 +62,18 @@ def missing_for_dvc(params_file: Path, dvc_yaml: Path = Path("dvc.yaml")) -> lis
     return missing
 
 
-def check_file(params_file: Path) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Checked:
+    params: Params
+    facts: dict[str, Any]  # what was checked: the report of the check stage
+
+    @property
+    def primary_metric(self) -> str | None:
+        task = self.facts["task"]
+        return task and primary_metric(task, self.params.evaluate.primary_metric)
+
+
+def check_file(params_file: Path) -> Checked:
     """`check` for a params file in a project: the keys DVC needs, then the data."""
     from pipeline.config import load_params
 
@@ -72,7 +84,7 @@ def check_file(params_file: Path) -> dict[str, Any]:
             f"{params_file}: dvc.yaml's stages read {', '.join(missing)}, which it lacks: "
             "`driftline init SOURCE --target COLUMN` writes a complete file"
         )
-    return check(params)
+    return Checked(params, check(params))
 
 
 def read_facts(params: Params) -> SourceFacts | None:
@@ -124,9 +136,10 @@ def check(params: Params) -> dict[str, Any]:
     if found:
         raise ConfigError("; ".join(found))
     task, _ = _task(params, facts)
+    # Facts of the data only: a passing edit of any other key leaves the report as it
+    # was, so nothing downstream of check re-runs because of it.
     summary: dict[str, Any] = {
         "task": task,
-        "primary_metric": params.evaluate.primary_metric or (task and DEFAULT_PRIMARY[task]),
         "columns": list(facts.columns) if facts is not None else None,
     }
     if facts is not None and facts.times is not None:
@@ -186,9 +199,12 @@ def _task(params: Params, facts: SourceFacts | None) -> tuple[str | None, list[s
     target = facts.target if facts is not None else None
     if target is None:
         return data.task, []
-    inferred = infer_task(target, data.na_values)
     if data.task is None:
-        return inferred, []
+        return infer_task(target, data.na_values), []
+    try:  # what the target implies, for the metrics when the declared task does not fit
+        inferred = infer_task(target, data.na_values)
+    except DataError:  # e.g. text with many classes: only a declared task says what it is
+        inferred = data.task
     values = target.dropna()
     if data.na_values and values.dtype == object:
         values = values[~values.isin(data.na_values)]

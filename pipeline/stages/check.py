@@ -17,7 +17,7 @@ import typer
 
 from pipeline import preflight
 from pipeline.artifacts import write_json_atomic
-from pipeline.config import DEFAULT_PARAMS, load_params
+from pipeline.config import DEFAULT_PARAMS
 from pipeline.console import report_user_errors, say
 
 
@@ -30,11 +30,10 @@ def main(
 ) -> None:
     """Check params.yaml against the data source; one line per run, every problem in it."""
     checked = preflight.check_file(params)
-    loaded = load_params(params)
-    write_json_atomic(report, checked)
+    write_json_atomic(report, checked.facts)
     say(
-        f"check: {params} fits {loaded.data.source} (task {checked['task']}, "
-        f"metric {checked['primary_metric']}) -> {report}"
+        f"check: {params} fits {checked.params.data.source} (task {checked.facts['task']}, "
+        f"metric {checked.primary_metric}) -> {report}"
     )
 
 

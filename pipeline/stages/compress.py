@@ -231,7 +231,7 @@ def keeps_int8(
     bytes, so a graph that does not halve holds few weights to quantise and little to
     gain; one that does is mostly large matrix multiplies, where int8 pays.
     """
-    if drop > config.max_metric_drop:
+    if not drop <= config.max_metric_drop:  # NaN (a broken graph) is refused too
         return False, f"too inaccurate ({drop:+.3%} against max_metric_drop)"
     if config.quantize == "always":
         return True, "quantize: always, within tolerance"

@@ -100,7 +100,7 @@ def main(
     with tracking.tracking_errors(config):
         champion = alias_version(config, CHAMPION)
         champion_version = str(champion.version) if champion is not None else None
-        champion_sha = (champion.tags or {}).get("driftline.model_sha256") if champion else None
+        champion_sha = (champion.tags or {}).get(tracking.MODEL_SHA256_TAG) if champion else None
         decision = decide(decided, candidate_sha, champion_version, champion_sha)
         metrics = decided.get("candidate") or {}
         if decision.action == "promote":
@@ -119,7 +119,7 @@ def main(
                 if latency.exists():  # timings: a record of this host, not a DVC output
                     mlflow.log_dict(read_json(latency, "compress"), "compression/latency.json")
                 tags = {
-                    "driftline.model_sha256": candidate_sha,
+                    tracking.MODEL_SHA256_TAG: candidate_sha,
                     "driftline.metrics": json.dumps(metrics),
                     "driftline.data_version": run.data.tags.get("driftline.data_version", ""),
                     "driftline.git_commit": run.data.tags.get("mlflow.source.git.commit", ""),

@@ -36,7 +36,7 @@ def check_problems(raw: dict) -> str:
 
 def test_the_shipped_params_fit_the_builtin_data() -> None:
     checked = preflight.check(parse_params(copy.deepcopy(SHIPPED)))
-    assert checked["task"] == "regression" and checked["primary_metric"] == "rmse"
+    assert checked["task"] == "regression"
     assert "dteday" in checked["columns"]
     assert checked["time_range"][0].startswith("2011-01-01")
 
@@ -107,6 +107,16 @@ def test_until_must_fall_inside_the_data(until: str, says: str | None) -> None:
 def test_until_inside_the_data_passes() -> None:
     raw = pointed_at(FIXTURES / "bike_sharing_2000.csv", "cnt", until="2011-03-01")
     assert preflight.check(parse_params(raw))["time_range"][1].startswith("2011-03-29")
+
+
+def test_a_declared_task_is_not_second_guessed_by_inference(tmp_path: Path) -> None:
+    """A text target with many classes cannot be inferred, but `task: multiclass` says
+    what it is (ingest accepts it): check must not stop on it."""
+    frame = pd.DataFrame({"x": range(300), "label": [f"c{i % 30}" for i in range(300)]})
+    frame.to_csv(tmp_path / "many.csv", index=False)
+    raw = {"data": {"source": str(tmp_path / "many.csv"), "target": "label"}}
+    raw["data"]["task"] = "multiclass"
+    assert preflight.check(parse_params(raw))["task"] == "multiclass"
 
 
 def test_a_binary_task_with_three_classes_is_refused(tmp_path: Path) -> None:
