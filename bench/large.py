@@ -56,21 +56,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from bench import QUIET
+from bench import QUIET, REPO, pipeline_stages
 
-REPO = Path(__file__).resolve().parents[1]
-STAGES = (
-    "check",
-    "ingest",
-    "validate",
-    "clean",
-    "split",
-    "train",
-    "tune",
-    "evaluate",
-    "compress",
-    "deploy",
-)
+STAGES = pipeline_stages()
 # params.yaml settings that these variables would replace (pipeline.config's
 # ENVIRONMENT_OVERRIDES): unset for the stages, so the state stays in the project.
 OVERRIDES = ("DRIFTLINE_PREDICTION_LOG", "DRIFTLINE_OPTUNA_STORAGE", "DRIFTLINE_DATA_BRANCH")

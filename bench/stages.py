@@ -43,22 +43,10 @@ from pathlib import Path
 
 import yaml
 
-from bench import QUIET
+from bench import QUIET, REPO, pipeline_stages
 
-REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-STAGES = (
-    "check",
-    "ingest",
-    "validate",
-    "clean",
-    "split",
-    "train",
-    "tune",
-    "evaluate",
-    "compress",
-    "deploy",
-)
+STAGES = pipeline_stages()
 HEAVY = (
     "torch",
     "xgboost",
