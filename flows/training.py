@@ -39,7 +39,7 @@ from flows import _dvc
 from pipeline.errors import DriftlineError, TransientError
 
 if TYPE_CHECKING:
-    from pipeline.config import Params
+    from pipeline.config import MlflowConfig, Params
 
 # Why a run started; deploy writes it into the promotion record (DRIFTLINE_TRIGGER).
 Trigger = Literal["manual", "schedule", "drift"]
@@ -170,6 +170,50 @@ def commit_data_version(
     return commit
 
 
+@task(name="champion moved", **_TASK)
+def champion_moved(root: str, params: Params) -> str | None:
+    """Why the gate must be computed again, or None: the registry's champion is not the
+    version the gate compared against, nor the one this project's deploy promoted
+    (another host's retraining, `driftline promote` or `rollback` moved it since)."""
+    from pipeline.errors import DriftlineError
+    from pipeline.registry import CHAMPION, alias_version
+
+    base = Path(root)
+    gate = _read_json(base / "reports/gate.json")
+    if gate is None:
+        return None  # evaluate has not run here yet: it will
+    deployed = _read_json(base / "reports/deploy.json") or {}
+    known = {gate.get("champion_version")}
+    if deployed.get("action") == "promote":
+        known.add(deployed.get("version"))
+    try:
+        found = alias_version(_rooted(params.mlflow, base), CHAMPION)
+    except DriftlineError as exc:  # evaluate meets the same registry, and says so
+        get_run_logger().warning("could not read the champion: %s", exc)
+        return None
+    current = str(found.version) if found is not None else None
+    if current in known:
+        return None
+    compared = gate.get("champion_version")
+    return (
+        f"the champion is {f'v{current}' if current else 'gone'}; the gate compared with "
+        f"{f'v{compared}' if compared else 'no champion'}"
+    )
+
+
+def _rooted(config: MlflowConfig, root: Path) -> MlflowConfig:
+    """`config` with a relative SQLite store and artifact folder under `root` (the
+    stages run there; this process may not)."""
+    prefix = "sqlite:///"
+    uri = config.tracking_uri
+    if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
+        uri = prefix + str(root / uri[len(prefix) :])
+    artifacts = config.artifact_location
+    if "://" not in artifacts and not Path(artifacts).is_absolute():
+        artifacts = str(root / artifacts)
+    return config.model_copy(update={"tracking_uri": uri, "artifact_location": artifacts})
+
+
 @task(name="read results", **_TASK)
 def read_results(root: str) -> dict[str, Any]:
     """What the stages wrote: metrics/*.json, the gate, the deploy decision, and the
@@ -243,6 +287,11 @@ def training_flow(
         )(root, settings.git_branch, landing)
     planned = plan(root)
     stages = planned.stages
+    # A gate against a champion that has moved since is stale: evaluate and deploy again.
+    moved = champion_moved(root, params)
+    rejudge = {"evaluate", "deploy"} if moved else set()
+    if moved:
+        get_run_logger().info("%s: evaluate and deploy run again", moved)
     run_env = _dvc.stage_environment(trigger)
     runs: list[_dvc.StageRun] = []
     for position, stage in enumerate(stages):
@@ -251,7 +300,14 @@ def training_flow(
             task_run_name=stage,
             retries=settings.retries,
             retry_delay_seconds=settings.retry_delay_seconds,
-        )(root, stage, run_env, force, planned.remote is not None, return_state=True)
+        )(
+            root,
+            stage,
+            run_env,
+            force or stage in rejudge,
+            planned.remote is not None,
+            return_state=True,
+        )
         if not state.is_completed():
             error = state.result(raise_on_failure=False)
             summary = _summary(trigger, runs, [stage], stages[position + 1 :])
@@ -271,6 +327,7 @@ def training_flow(
         runs.append(state.result())
     summary = _summary(trigger, runs, [], [])
     summary.update(read_results(root))
+    summary["champion_moved"] = moved
     if "deploy" not in summary["ran"]:
         summary["deploy"] = None  # reports/deploy.json is an earlier run's decision
     summary["pushed"] = (

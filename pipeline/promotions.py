@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pipeline.config import MlflowConfig
 from pipeline.errors import DriftlineError
-from pipeline.registry import CHAMPION, PREVIOUS, alias_version
+from pipeline.registry import CHALLENGER, CHAMPION, PREVIOUS, alias_version
 from pipeline.tracking import start_tracking
 
 PROMOTIONS = Path("reports/promotions.jsonl")
@@ -98,7 +98,8 @@ def move_champion(
     metrics: dict[str, Any] | None = None,
     path: Path = PROMOTIONS,
 ) -> PromotionRecord:
-    """Point `champion` at `version` and `previous` at the old champion; record it."""
+    """Point `champion` at `version` and `previous` at the old champion, clear the
+    `challenger` alias when it named `version`; record it."""
     from mlflow.exceptions import MlflowException
 
     client = _client(config)
@@ -132,6 +133,10 @@ def move_champion(
     client.set_registered_model_alias(config.registered_model, CHAMPION, version)
     if old_version is not None:
         client.set_registered_model_alias(config.registered_model, PREVIOUS, old_version)
+    challenger = alias_version(config, CHALLENGER)
+    if challenger is not None and str(challenger.version) == version:
+        # The experiment's candidate is the champion now: no longer a challenger.
+        client.delete_registered_model_alias(config.registered_model, CHALLENGER)
     append_record(record, path)
     return record
 

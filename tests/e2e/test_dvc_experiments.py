@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,15 @@ def test_an_experiment_registers_a_challenger_and_leaves_the_champion(
     assert tags["driftline.experiment"]  # the experiment's name
     records = (git_project.root / "reports/promotions.jsonl").read_text().splitlines()
     assert [json.loads(line)["action"] for line in records] == ["promote", "challenger"]
+
+    # Promoted by hand, the challenger is the champion and no longer a challenger.
+    promoted = subprocess.run(
+        [str(Path(sys.executable).parent / "driftline"), "promote", "2", "--reason", "won"],
+        cwd=git_project.root,
+        env=git_project.env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert promoted.returncode == 0, promoted.stderr
+    assert aliases(git_project) == {"champion": "2", "previous": "1"}

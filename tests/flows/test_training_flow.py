@@ -110,6 +110,30 @@ def test_first_run_trains_and_promotes_then_nothing_to_do(
     runs = task_runs(second.state_details.flow_run_id, len(STAGES))
     assert [stage for stage in STAGES if runs[stage].state.name == "Skipped"] == STAGES
 
+    # Another host promotes v2 (here: v1's model registered again): the gate, computed
+    # before any champion, is stale, so evaluate and deploy run again, against v2, and
+    # nothing else. The candidate is v2's model: deploy keeps it.
+    promote_elsewhere(flow_project)
+    third = run_flow(flow_project.root).result()
+    assert third["champion_moved"] == "the champion is v2; the gate compared with no champion"
+    assert third["ran"] == ["evaluate", "deploy"]
+    assert third["deploy"]["action"] == "keep" and flow_project.registry() == (["1", "2"], "2")
+    gate = json.loads((root / "reports/gate.json").read_text())
+    assert gate["champion_version"] == "2" and not gate["passed"]
+    fourth = run_flow(flow_project.root).result()
+    assert fourth["champion_moved"] is None and fourth["ran"] == []
+
+
+def promote_elsewhere(project: FlowProject) -> None:
+    """What another host's promotion leaves in the shared registry: a v2, the champion."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=project.tracking_uri, registry_uri=project.tracking_uri)
+    name = project.params()["mlflow"]["registered_model"]
+    first = client.get_model_version(name, "1")
+    second = client.create_model_version(name, first.source, first.run_id, tags=first.tags)
+    client.set_registered_model_alias(name, "champion", second.version)
+
 
 @pytest.mark.e2e
 def test_a_checkout_without_outputs_pulls_them_instead_of_running(
