@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pipeline.errors import TransientError
+from pipeline.secrets import redact
 
 # OSErrors that say something about the project, not about the moment: retrying a
 # missing file or a forbidden path fails the same way.
@@ -339,7 +340,9 @@ def push(root: Path) -> int:
         transient = failure.transient or not any(
             isinstance(cause, ConfigError) for cause in _causes(exc)
         )
-        raise PushFailed(failure.reason, transient) from exc
+        # The remote's URL (DRIFTLINE_DVC_REMOTE) may carry a secret: not in the reason.
+        reason = redact(failure.reason, os.environ.get(REMOTE_VARIABLE))
+        raise PushFailed(reason, transient) from exc
 
 
 def track(root: Path, path: Path) -> Path:

@@ -33,6 +33,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from pipeline.prediction_log import is_sql_url
+from pipeline.stores import create_file, create_folder
 
 DRIFT_EVENT = "driftline.drift.detected"
 PREDICTION = "prediction"
@@ -54,7 +55,7 @@ def load_champion(params: Any) -> Any:
     from pipeline.served_champion import monitored_champion
     from pipeline.tracking import start_tracking
 
-    start_tracking(params.mlflow)
+    start_tracking(params.mlflow, params.stores.private)
     return monitored_champion(params.mlflow)
 
 
@@ -79,7 +80,13 @@ def quality(window: Any, champion: Any, min_labelled: int) -> Any:
 
 @task(name="Evidently report", **_TASK)
 def evidently_report(
-    root: Path, folder: Path, window: Any, champion: Any, drift_share: float, workspace: str
+    root: Path,
+    folder: Path,
+    window: Any,
+    champion: Any,
+    drift_share: float,
+    workspace: str,
+    private: bool,
 ) -> dict[str, str]:
     """The report for people: HTML and JSON in `folder`, and a run in the workspace."""
     from pipeline.drift import evidently_report as build
@@ -99,7 +106,7 @@ def evidently_report(
     html, data = folder / "report.html", folder / "report.json"
     snapshot.save_html(str(html))
     snapshot.save_json(str(data))
-    _add_to_workspace(root / workspace, snapshot)
+    _add_to_workspace(create_folder(root / workspace, private), snapshot)
     return {"html": str(html), "json": str(data)}
 
 
@@ -126,7 +133,8 @@ def log_run(params: Any, record: dict[str, Any], folder: Path) -> str:
 
     config = params.mlflow
     monitoring = config.model_copy(update={"experiment": f"{config.experiment}-monitoring"})
-    experiment = start_tracking(monitoring)  # its artifacts go where the training runs' go
+    # Its artifacts go where the training runs' go.
+    experiment = start_tracking(monitoring, params.stores.private)
     with (
         tracking_errors(config),
         mlflow.start_run(
@@ -158,11 +166,11 @@ def _run_uri(run_id: str | None) -> str | None:
     return f"runs:/{run_id}/monitoring" if run_id else None
 
 
-def write_record(folder: Path, log: Path, record: dict[str, Any]) -> None:
+def write_record(folder: Path, log: Path, record: dict[str, Any], private: bool) -> None:
     from pipeline.artifacts import write_json_atomic
 
     write_json_atomic(folder / "decision.json", record)
-    with log.open("a", encoding="utf-8") as out:
+    with create_file(log, private).open("a", encoding="utf-8") as out:
         out.write(json.dumps(record, sort_keys=True) + "\n")
 
 
@@ -197,8 +205,7 @@ def _monitor(
     location = log if is_sql_url(log) else str(root / log)
     window = read_window(location, window_hours or config.window_hours, end)
     reports = root / config.reports
-    folder = reports / end.strftime("%Y%m%dT%H%M%SZ")
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = create_folder(reports / end.strftime("%Y%m%dT%H%M%SZ"), params.stores.private)
     record: dict[str, Any] = {
         "time": datetime.now(UTC).isoformat(),
         "window": window.describe(),
@@ -213,7 +220,7 @@ def _monitor(
                 f"({config.min_window_rows}): nothing decided"
             ],
         )
-        write_record(folder, reports / "decisions.jsonl", record)
+        write_record(folder, reports / "decisions.jsonl", record, params.stores.private)
         get_run_logger().info(record["reasons"][0])
         return record
 
@@ -235,10 +242,11 @@ def _monitor(
         champion,
         config.drift_share,
         config.evidently_workspace,
+        params.stores.private,
         return_state=True,
     )
     record["files"] = reported.result() if reported.is_completed() else None
-    write_record(folder, reports / "decisions.jsonl", record)
+    write_record(folder, reports / "decisions.jsonl", record, params.stores.private)
     logged = log_run(params, record, folder, return_state=True)
     record["mlflow_run"] = logged.result() if logged.is_completed() else None
     for failed, what in ((reported, "Evidently report"), (logged, "MLflow run")):

@@ -125,7 +125,9 @@ def _on_drift(
     params = load_params(root / params_file)
     config = params.monitor
     # In the prediction store's database when it is one: every worker sees every claim.
-    ledger = open_ledger(config.prediction_log, root / config.reports / "retrainings.jsonl")
+    ledger = open_ledger(
+        config.prediction_log, root / config.reports / "retrainings.jsonl", params.stores.private
+    )
     claim = ledger.claim(
         fingerprint,
         rows,

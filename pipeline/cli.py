@@ -9,6 +9,7 @@ import typer
 
 from pipeline.config import DEFAULT_PARAMS, load_params
 from pipeline.console import report_user_errors, say
+from pipeline.secrets import mask_url
 from pipeline.stages import (
     clean,
     compress,
@@ -50,7 +51,7 @@ def check_params(
     checked = preflight.check_file(params)
     data = checked.params.data
     say(
-        f"{params}: ok (source {data.source}, target {data.target}, "
+        f"{params}: ok (source {mask_url(data.source)}, target {data.target}, "
         f"task {checked.facts['task']}, metric {checked.primary_metric})"
     )
 
@@ -178,21 +179,29 @@ def serve(
 
     POST /admin/reload reloads at once when DRIFTLINE_ADMIN_TOKEN is set.
     """
+    import functools
     import os
 
+    from pipeline.label_store import expire_log
     from pipeline.prediction_log import PredictionLog, is_sql_url
     from pipeline.served_champion import champion_source, champion_version
     from pipeline.serving import create_app, run_server
 
     settings = load_params(params)
     config, log = settings.mlflow, log or settings.monitor.prediction_log
-    predictions = PredictionLog.sql(log) if is_sql_url(log) else PredictionLog.parquet(Path(log))
+    days, private = settings.monitor.prediction_log_retention_days, settings.stores.private
+    expire = None if days is None else functools.partial(expire_log, log, days)
+    if is_sql_url(log):
+        predictions = PredictionLog.sql(log, private=private, expire=expire)
+    else:
+        predictions = PredictionLog.parquet(Path(log), private=private, expire=expire)
     app_ = create_app(
         champion_source(config),
         log=predictions,
         admin_token=os.environ.get("DRIFTLINE_ADMIN_TOKEN") or None,
         poll_seconds=poll,
         current_version=champion_version(config),
+        limits=settings.serve,
     )
     say(f"serving the champion of {config.registered_model!r} on http://{host}:{port}")
     run_server(app_, host, port)
@@ -214,7 +223,8 @@ def label(
     """Join labels that arrived later to the logged predictions; store them beside them."""
     from pipeline.label_store import store_labels
 
-    stored = store_labels(file, log or load_params(params).monitor.prediction_log)
+    loaded = load_params(params)
+    stored = store_labels(file, log or loaded.monitor.prediction_log, loaded.stores.private)
     examples = f" (e.g. {', '.join(stored.unmatched[:3])})" if stored.unmatched else ""
     say(
         f"label: {stored.matched} of {stored.received} label(s) match a logged prediction; "
@@ -247,7 +257,7 @@ def up(
     def has_champion() -> bool:
         from pipeline.tracking import start_tracking
 
-        start_tracking(loaded.mlflow)
+        start_tracking(loaded.mlflow, loaded.stores.private)
         return alias_version(loaded.mlflow, CHAMPION) is not None
 
     started = stack.up(
@@ -259,12 +269,14 @@ def up(
         deploy=deploy,
         has_champion=has_champion,
         say=say,
-        # The API logs where the monitor reads, and serves the registry these params name.
-        serve_options=["--params", str(params), "--log", loaded.monitor.prediction_log],
+        # The API logs where the monitor reads (monitor.prediction_log of these params, in
+        # the same environment) and serves the registry they name. Not `--log URL`: a
+        # command line is readable by every local user (`ps`), a password in it too.
+        serve_options=["--params", str(params)],
     )
     say(f"Prefect UI:      {started.prefect_api.removesuffix('/api')}")
     say(f"prediction API:  {started.serving} (POST /predict, GET /model)")
-    say(f"MLflow UI:       mlflow ui --backend-store-uri {loaded.mlflow.tracking_uri}")
+    say(f"MLflow UI:       mlflow ui --backend-store-uri {mask_url(loaded.mlflow.tracking_uri)}")
     say(f"Evidently UI:    evidently ui --workspace {loaded.monitor.evidently_workspace}")
     say(f"logs:            {stack.LOGS}/; stop everything with `driftline down`")
 

@@ -563,6 +563,19 @@ class MlflowConfig(Section):
     registered_model: str = "driftline"
 
 
+# --- serve --------------------------------------------------------------------------------
+
+
+class ServeConfig(Section):
+    """Limits on what one request to the prediction API may hold; past them the answer
+    is 413 (too large) or 422 (malformed), never a 5xx."""
+
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, description="413 above")
+    max_batch: int = Field(default=10_000, ge=1, description="records in one request")
+    max_string_length: int = Field(default=1_000, ge=1, description="characters in one value")
+    max_depth: int = Field(default=4, ge=3, description="JSON nesting: {records: [{...}]} is 3")
+
+
 # --- monitor ------------------------------------------------------------------------------
 
 
@@ -587,6 +600,12 @@ class MonitorConfig(Section):
     # Predictions, late labels and the retraining ledger: a SQLAlchemy URL (a SQLite file
     # on a laptop, PostgreSQL in production) or a folder of parquet files by day.
     prediction_log: str = "sqlite:///data/production.db"
+    # Predictions and the labels stored beside them older than this many days are
+    # deleted (whole day folders of a parquet log, rows of a SQL one) by `driftline
+    # serve` as it writes, at most hourly. null keeps them forever.
+    prediction_log_retention_days: int | None = Field(
+        default=None, ge=1, description="days the log keeps; null: forever"
+    )
     evidently_workspace: str = "evidently"
 
 
@@ -604,6 +623,21 @@ class OrchestrateConfig(Section):
     git_push: bool = True  # and push that branch to the `origin` remote, when there is one
 
 
+# --- stores -------------------------------------------------------------------------------
+
+
+class StoresConfig(Section):
+    """Who may read the stores Driftline creates: the prediction log and its labels, the
+    retraining ledger, the MLflow SQLite store and artifact folder, the Optuna SQLite
+    storage, the monitor's reports and the Evidently workspace (pipeline/stores.py)."""
+
+    # They hold production inputs, predictions and labels: owner-only by default. A
+    # store that exists already keeps its permissions; false: the umask decides.
+    private: bool = Field(
+        default=True, description="create stores owner-only (files 0600, folders 0700)"
+    )
+
+
 # --- the whole file -----------------------------------------------------------------------
 
 
@@ -617,8 +651,10 @@ class Params(Section):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     compress: CompressConfig = Field(default_factory=CompressConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     orchestrate: OrchestrateConfig = Field(default_factory=OrchestrateConfig)
+    stores: StoresConfig = Field(default_factory=StoresConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> Params:

@@ -4,7 +4,7 @@ The data section is written from scratch (task, schema, time, key and slice colu
 missing markers), and so are the few keys elsewhere that only make sense for one data
 set: the primary metric, its floor and the baseline, the calendar features, the
 positive class and the row-count floor. Every other setting (validate severities,
-clean policies, split, train, tune, compress, mlflow, monitor, orchestrate) is kept
+clean policies, split, train, tune, compress, mlflow, monitor, orchestrate, stores) is kept
 from the params file already there, comments included, or else taken from the config's
 defaults. The old file is kept as a numbered backup; nothing is written unless the new
 file loads.

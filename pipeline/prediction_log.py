@@ -10,9 +10,16 @@ rows are waiting, so a request never waits on a disk or a database. Two stores:
 
 A row holds `request_id`, `timestamp` (UTC), `model_version`, `prediction` (as text),
 `prediction_value` (the prediction as a float when it is a number), `probabilities`
-(JSON text, classification only) and one `feature.<name>` column per model input.
-`read_predictions` reads either store back; `join_labels` joins labels that arrive
-later, by request id.
+(JSON text, classification only), one `feature.<name>` column per model input (as
+the model saw it, after clean's row rules), one `context.<name>` per key or time
+column sent, and the values not scored as sent: `flags` (JSON text, {field: kind})
+with the counts `out_of_range`, `unknown_categories` and `unparseable`. A SQL table
+gains the columns a newer row brings. `read_predictions` reads either store back;
+`join_labels` joins labels that arrive later, by request id. Files and folders the
+log creates are owner-only unless `stores.private` is false (pipeline/stores.py).
+`expire_predictions` deletes what is older than a cutoff
+(`monitor.prediction_log_retention_days`): whole day folders, or rows; a log given an
+`expire` call runs it after a flush, at most every `expire_seconds`.
 """
 
 from __future__ import annotations
@@ -20,17 +27,21 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from pipeline.errors import DataError, SourceError
+from pipeline.secrets import mask_url, redact
+from pipeline.stores import create_file, create_folder, prepare_store, sqlite_file
 
 logger = logging.getLogger(__name__)
 
@@ -44,16 +55,26 @@ BASE_COLUMNS = (
     "prediction_value",
     "probabilities",
 )
+# Per row, how many values were not scored as sent, by kind (pipeline.rows), and which.
+FLAG_COUNTS = {
+    "out_of_range": "out_of_range",
+    "unknown_category": "unknown_categories",
+    "unparseable": "unparseable",
+}
 DEFAULT_TABLE = "predictions"
 # A store that keeps failing holds at most this many buffers' worth of rows for retries.
 RETRY_BUFFERS = 10
+# Retention runs after a flush at most this often: a DELETE on a large table, or a walk
+# over the day folders, every two seconds would cost more than the rows it frees.
+EXPIRE_SECONDS = 3600.0
+DAY_PREFIX = "date="
 
 Writer = Callable[[pd.DataFrame], None]
 
 
 def log_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     """Rows as serving hands them over (`request_id`, `timestamp`, `model_version`,
-    `inputs`, `prediction`, `probabilities`) to the stored columns."""
+    `inputs`, `context`, `prediction`, `probabilities`, `flags`) to the stored columns."""
     records = []
     for row in rows:
         prediction = row["prediction"]
@@ -70,6 +91,11 @@ def log_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
             record[FEATURE_PREFIX + name] = value
         for name, value in (row.get("context") or {}).items():
             record[CONTEXT_PREFIX + name] = None if value is None else str(value)
+        # Values not scored as sent ({field: kind}, pipeline.rows), counted by kind.
+        flags = row.get("flags") or {}
+        record["flags"] = json.dumps(flags) if flags else None
+        for kind, column in FLAG_COUNTS.items():
+            record[column] = sum(1 for flagged in flags.values() if flagged == kind)
         records.append(record)
     frame = pd.DataFrame.from_records(records)
     frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True)
@@ -85,34 +111,80 @@ def _as_float(value: Any) -> float | None:
     return None
 
 
-def parquet_writer(root: Path) -> Writer:
-    """Write a frame as one parquet file per UTC day under `root`."""
+def parquet_writer(root: Path, private: bool = True) -> Writer:
+    """Write a frame as one parquet file per UTC day under `root`; folders and files
+    it creates are owner-only when `private`."""
     root = Path(root)
 
     def write(frame: pd.DataFrame) -> None:
         days = frame["timestamp"].dt.strftime("%Y-%m-%d")
         for day, part in frame.groupby(days, sort=True):
-            folder = root / f"date={day}"
-            folder.mkdir(parents=True, exist_ok=True)
+            folder = create_folder(root / f"{DAY_PREFIX}{day}", private)
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
             name = f"part-{stamp}-{uuid.uuid4().hex}.parquet"
-            temporary = folder / f".{name}.tmp"
+            temporary = create_file(folder / f".{name}.tmp", private)  # its mode, then bytes
             part.reset_index(drop=True).to_parquet(temporary, index=False)
             os.replace(temporary, folder / name)
 
     return write
 
 
-def sql_writer(url: str, table: str = DEFAULT_TABLE) -> Writer:
-    """Append a frame to a SQL table (created on first write)."""
+def sql_writer(url: str, table: str = DEFAULT_TABLE, private: bool = True) -> Writer:
+    """Append a frame to a SQL table (created on first write); a SQLite database that
+    does not exist yet is created owner-only when `private`."""
     from sqlalchemy import create_engine
+    from sqlalchemy.exc import SQLAlchemyError
 
+    prepare_store(url, private)
     engine = create_engine(url)
 
+    known: set[str] = set()  # the table's columns, as last read
+
     def write(frame: pd.DataFrame) -> None:
-        frame.to_sql(table, engine, if_exists="append", index=False)
+        try:
+            if not set(frame.columns) <= known:
+                known.update(_add_columns(engine, table, frame))
+            frame.to_sql(table, engine, if_exists="append", index=False)
+        except SQLAlchemyError as exc:  # one line: no statement, no rows, no password
+            raise SourceError(f"cannot write to {mask_url(url)}: {_reason(exc, url)}") from None
 
     return write
+
+
+def _add_columns(engine: Any, table: str, frame: pd.DataFrame) -> set[str]:
+    """Add to an existing table the columns `frame` has and it lacks (a model version
+    with a new feature, a log written before a column existed); the table's columns."""
+    from sqlalchemy import inspect, text
+
+    inspector = inspect(engine)
+    if not inspector.has_table(table):
+        return set()  # to_sql creates it with the frame's columns
+    existing = {column["name"] for column in inspector.get_columns(table)}
+    missing = [column for column in frame.columns if column not in existing]
+    if missing:
+        preparer = engine.dialect.identifier_preparer
+        with engine.begin() as connection:
+            for column in missing:
+                kind = _sql_type(frame[column])
+                connection.execute(
+                    text(
+                        f"ALTER TABLE {preparer.quote(table)} "
+                        f"ADD COLUMN {preparer.quote(column)} {kind}"
+                    )
+                )
+    return existing | set(missing)
+
+
+def _sql_type(values: pd.Series) -> str:
+    if pd.api.types.is_bool_dtype(values):
+        return "BOOLEAN"
+    if pd.api.types.is_integer_dtype(values):
+        return "BIGINT"
+    if pd.api.types.is_float_dtype(values):
+        return "FLOAT"
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return "TIMESTAMP"
+    return "TEXT"
 
 
 class PredictionLog:
@@ -125,12 +197,19 @@ class PredictionLog:
         flush_seconds: float = 2.0,
         max_buffer: int = 1000,
         start: bool = True,
+        expire: Callable[[], object] | None = None,
+        expire_seconds: float = EXPIRE_SECONDS,
     ) -> None:
         if flush_seconds <= 0 or max_buffer < 1:
             raise ValueError("flush_seconds must be > 0 and max_buffer >= 1")
         self.writer = writer
         self.flush_seconds = flush_seconds
         self.max_buffer = max_buffer
+        # Retention (`label_store.expire_log` with the retention days): after a flush
+        # that wrote rows, when `expire_seconds` have passed since the last run.
+        self.expire = expire
+        self.expire_seconds = expire_seconds
+        self._expired_at: float | None = None
         self._buffer: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
@@ -144,12 +223,14 @@ class PredictionLog:
             self._thread.start()
 
     @classmethod
-    def parquet(cls, root: Path, **options: Any) -> PredictionLog:
-        return cls(parquet_writer(root), **options)
+    def parquet(cls, root: Path, private: bool = True, **options: Any) -> PredictionLog:
+        return cls(parquet_writer(root, private), **options)
 
     @classmethod
-    def sql(cls, url: str, table: str = DEFAULT_TABLE, **options: Any) -> PredictionLog:
-        return cls(sql_writer(url, table), **options)
+    def sql(
+        cls, url: str, table: str = DEFAULT_TABLE, private: bool = True, **options: Any
+    ) -> PredictionLog:
+        return cls(sql_writer(url, table, private), **options)
 
     def append(self, rows: list[dict[str, Any]]) -> None:
         """Buffer rows; never touches the store."""
@@ -181,7 +262,21 @@ class PredictionLog:
                     kept = (rows + self._buffer)[-self.max_buffer * RETRY_BUFFERS :]
                     self._buffer = kept
                 raise
+            self._expire_when_due()
             return len(rows)
+
+    def _expire_when_due(self) -> None:
+        """Run `expire` if it is time; a failure is logged, the rows are written."""
+        if self.expire is None:
+            return
+        now = time.monotonic()
+        if self._expired_at is not None and now - self._expired_at < self.expire_seconds:
+            return
+        self._expired_at = now
+        try:
+            self.expire()
+        except Exception as exc:  # retention is housekeeping: serving goes on
+            logger.warning("prediction log: could not delete expired rows: %s", exc)
 
     def close(self) -> None:
         """Stop the flusher and write what is left."""
@@ -247,16 +342,80 @@ def _read_parquet(root: Path, since: datetime | None) -> pd.DataFrame:
 
 
 def read_table(url: str, table: str) -> pd.DataFrame:
-    """A whole table of the database at `url`; empty when there is no such table."""
+    """A whole table of the database at `url`; empty when there is no such table, or
+    no such SQLite file (a reader never creates the store: its writer does, private)."""
     from sqlalchemy import create_engine, inspect
+    from sqlalchemy.exc import SQLAlchemyError
 
+    database = sqlite_file(url)
+    if database is not None and not database.exists():
+        return pd.DataFrame()
     engine = create_engine(url)
     try:
         if not inspect(engine).has_table(table):
             return pd.DataFrame()
         return pd.read_sql_table(table, engine)
+    except SQLAlchemyError as exc:
+        raise SourceError(f"cannot read {mask_url(url)}: {_reason(exc, url)}") from None
     finally:
         engine.dispose()
+
+
+def expire_predictions(location: str | Path, before: datetime, table: str = DEFAULT_TABLE) -> int:
+    """Delete the predictions logged before `before`; how many rows went. A parquet
+    log loses whole day folders, only those whose every row is older; a SQL log the
+    rows. Labels stored beside the log: `label_store.expire_labels`."""
+    before = before.astimezone(UTC) if before.tzinfo else before.replace(tzinfo=UTC)
+    if is_sql_url(location):
+        return delete_rows_before(str(location), table, "timestamp", before)
+    import pyarrow.parquet as pq
+
+    root = Path(location)
+    removed = 0
+    for folder in sorted(root.glob(f"{DAY_PREFIX}*")):
+        try:
+            day = datetime.strptime(folder.name.removeprefix(DAY_PREFIX), "%Y-%m-%d")
+        except ValueError:
+            continue  # not a day folder of this log: left alone
+        if day.replace(tzinfo=UTC) + timedelta(days=1) > before:
+            continue
+        removed += sum(pq.read_metadata(part).num_rows for part in folder.glob("part-*.parquet"))
+        # Renamed first: a reader globbing `date=*` sees the whole day or none of it.
+        doomed = folder.with_name(f".expired-{folder.name}-{uuid.uuid4().hex[:8]}")
+        os.replace(folder, doomed)
+        shutil.rmtree(doomed)
+    return removed
+
+
+def delete_rows_before(url: str, table: str, column: str, before: datetime) -> int:
+    """Delete the rows of `table` whose `column` is before `before`; 0 without table."""
+    from sqlalchemy import MetaData, Table, create_engine, delete, inspect
+    from sqlalchemy.exc import SQLAlchemyError
+
+    database = sqlite_file(url)
+    if database is not None and not database.exists():
+        return 0
+    engine = create_engine(url)
+    try:
+        if not inspect(engine).has_table(table):
+            return 0
+        with engine.begin() as connection:
+            reflected = Table(table, MetaData(), autoload_with=connection)
+            done = connection.execute(delete(reflected).where(reflected.c[column] < before))
+            return int(done.rowcount or 0)
+    except SQLAlchemyError as exc:
+        raise SourceError(
+            f"cannot delete expired rows from {mask_url(url)}: {_reason(exc, url)}"
+        ) from None
+    finally:
+        engine.dispose()
+
+
+def _reason(exc: BaseException, url: str) -> str:
+    """A database error's first line, with the URL's secrets masked."""
+    original = getattr(exc, "orig", None) or exc
+    lines = str(original).strip().splitlines()
+    return redact(lines[0] if lines else type(original).__name__, url)
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import ConfigError, DriftlineError, TransientError
+from pipeline.stores import create_file, create_folder, prepare_store
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine, Table
@@ -58,10 +59,12 @@ class Claim:
 
 class RetrainingLedger:
     """The ledger as a JSON-lines file, guarded by an exclusive file lock beside it
-    (`SqlRetrainingLedger` keeps the same ledger in a database)."""
+    (`SqlRetrainingLedger` keeps the same ledger in a database). Files and folders it
+    creates are owner-only when `private` (`stores.private`)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, private: bool = True) -> None:
         self.path = Path(path)
+        self.private = private
 
     def entries(self) -> list[dict[str, Any]]:
         if not self.path.exists():
@@ -71,8 +74,10 @@ class RetrainingLedger:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with (self.path.parent / f".{self.path.name}.lock").open("w") as lock:
+        create_folder(self.path.parent, self.private)
+        lock_file = create_file(self.path.parent / f".{self.path.name}.lock", self.private)
+        create_file(self.path, self.private)
+        with lock_file.open("w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield
@@ -184,9 +189,10 @@ class SqlRetrainingLedger(RetrainingLedger):
     decides and appends; each operation opens its own engine and disposes of it.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, private: bool = True) -> None:
         self.url = url
         self.backend = _backend(url)
+        self.private = private
         self._claiming = threading.local()  # the transaction a claim in this thread holds
 
     def entries(self) -> list[dict[str, Any]]:
@@ -224,6 +230,7 @@ class SqlRetrainingLedger(RetrainingLedger):
         from sqlalchemy import text
         from sqlalchemy.exc import SQLAlchemyError
 
+        prepare_store(self.url, self.private)  # a SQLite file the log has not made yet
         engine = self._engine(serialised)
         try:
             with engine.begin() as connection:
@@ -269,14 +276,16 @@ class SqlRetrainingLedger(RetrainingLedger):
         )
 
 
-def open_ledger(prediction_log: str | Path, fallback_file: Path) -> RetrainingLedger:
+def open_ledger(
+    prediction_log: str | Path, fallback_file: Path, private: bool = True
+) -> RetrainingLedger:
     """The ledger for a project whose prediction log is at `prediction_log`: the
     `retrainings` table of its database when it is a SQL URL, else `fallback_file`."""
     from pipeline.prediction_log import is_sql_url
 
     if is_sql_url(prediction_log):
-        return SqlRetrainingLedger(str(prediction_log))
-    return RetrainingLedger(fallback_file)
+        return SqlRetrainingLedger(str(prediction_log), private)
+    return RetrainingLedger(fallback_file, private)
 
 
 def _backend(url: str) -> str:
@@ -290,7 +299,7 @@ def _backend(url: str) -> str:
             f"monitor.prediction_log: {url.split('://', 1)[0]}://... is not a database URL"
         ) from None
     if backend not in ("postgresql", "sqlite"):
-        from pipeline.sources import mask_url
+        from pipeline.secrets import mask_url
 
         raise ConfigError(
             f"monitor.prediction_log: the retraining ledger lives in the prediction log's "
@@ -347,15 +356,11 @@ UNAVAILABLE_SIGNS = (
 
 
 def _ledger_error(url: str, exc: Exception) -> RetrainingLedgerError:
-    from sqlalchemy.engine import make_url
     from sqlalchemy.exc import DBAPIError
 
-    from pipeline.sources import mask_url
+    from pipeline.secrets import mask_url, redact
 
-    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    password = make_url(url).password
-    if password:
-        reason = reason.replace(str(password), "***")
+    reason = redact((str(exc).strip().splitlines() or [type(exc).__name__])[0], url)
     lowered = reason.lower()
     invalidated = isinstance(exc, DBAPIError) and exc.connection_invalidated
     if invalidated or any(sign in lowered for sign in UNAVAILABLE_SIGNS):

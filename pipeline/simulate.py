@@ -122,7 +122,9 @@ def champion_served(stack: Stack) -> str | None:
         return None
 
 
-def store_day_labels(log: str, day: pd.DataFrame, target: str, key: str) -> int:
+def store_day_labels(
+    log: str, day: pd.DataFrame, target: str, key: str, private: bool = True
+) -> int:
     """Store one day's labels as `driftline label` would; how many matched."""
     from pipeline.label_store import store_labels
 
@@ -136,7 +138,7 @@ def store_day_labels(log: str, day: pd.DataFrame, target: str, key: str) -> int:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "labels.parquet"
         labels.to_parquet(path, index=False)
-        return store_labels(path, log).matched
+        return store_labels(path, log, private).matched
 
 
 def run_monitoring(root: Path, since: datetime, reports: Path) -> dict[str, Any]:
@@ -203,7 +205,7 @@ def simulate(
     if days_known is not None:
         days_known(len(days))
     outcome = Outcome(champion_before=champion_served(stack))
-    log = params.monitor.prediction_log
+    log, private = params.monitor.prediction_log, params.stores.private
     reports = root / params.monitor.reports
     pending: list[tuple[int, float, pd.DataFrame]] = []  # (due day, sent at, rows)
     window_start = datetime.now(UTC)
@@ -214,14 +216,14 @@ def simulate(
             outcome.requests += 1
         outcome.rows += len(sent)
         pending.append((number + label_delay_days, time.monotonic(), rows))
-        outcome.labels += _store_due(log, pending, number, data.target, key, wait=False)
+        outcome.labels += _store_due(log, pending, number, data.target, key, private, wait=False)
         outcome.days = number
         if advance is not None:
             advance(1)
         time.sleep(day_seconds)
         if number % check_days and number != len(days):
             continue
-        outcome.labels += _store_due(log, pending, number, data.target, key, wait=True)
+        outcome.labels += _store_due(log, pending, number, data.target, key, private, wait=True)
         decision = run_monitoring(root, window_start, reports)
         decision["through"] = day
         outcome.checks.append(decision)
@@ -231,7 +233,7 @@ def simulate(
         if decision["drift"]:
             report("drift: the training deployment was triggered; waiting for the retraining")
             started = datetime.fromisoformat(decision["time"])
-            ledger = open_ledger(params.monitor.prediction_log, reports / "retrainings.jsonl")
+            ledger = open_ledger(log, reports / "retrainings.jsonl", private)
             entry = wait_for_retraining(started, ledger)
             outcome.retrainings.append(entry)
             report(retraining_line(entry))
@@ -259,6 +261,7 @@ def _store_due(
     today: int,
     target: str,
     key: str,
+    private: bool,
     wait: bool,
 ) -> int:
     """Store the labels that are due; a prediction must be in the log (flushed every
@@ -273,7 +276,7 @@ def _store_due(
             if not wait:
                 continue
             time.sleep(settle)
-        stored += store_day_labels(log, rows, target, key)
+        stored += store_day_labels(log, rows, target, key, private)
         pending.remove(item)
     return stored
 
@@ -282,7 +285,7 @@ def _champion_in_registry(params: Params) -> str | None:
     from pipeline.registry import CHAMPION, alias_version
     from pipeline.tracking import start_tracking
 
-    start_tracking(params.mlflow)
+    start_tracking(params.mlflow, params.stores.private)
     found = alias_version(params.mlflow, CHAMPION)
     return str(found.version) if found is not None else None
 
@@ -299,7 +302,7 @@ def _wait_served(stack: Stack, version: str, report: Callable[[str], None]) -> N
 
 def summary_lines(outcome: Outcome, stack_ui: str, params: Params) -> list[str]:
     from pipeline.prediction_log import is_sql_url
-    from pipeline.sources import mask_url
+    from pipeline.secrets import mask_url
     from pipeline.tracking import tracking_uri
 
     log = params.monitor.prediction_log
@@ -319,6 +322,6 @@ def summary_lines(outcome: Outcome, stack_ui: str, params: Params) -> list[str]:
         f"reports: {params.monitor.reports}/ (decisions.jsonl, one folder per check with the "
         f"Evidently report), reports/promotions.jsonl; the retraining ledger: {ledger}",
         f"Prefect UI: {stack_ui}; MLflow: mlflow ui --backend-store-uri "
-        f"{tracking_uri(params.mlflow)}; Evidently: evidently ui --workspace "
+        f"{mask_url(tracking_uri(params.mlflow))}; Evidently: evidently ui --workspace "
         f"{params.monitor.evidently_workspace}",
     ]

@@ -19,6 +19,7 @@ import pandas as pd
 from pipeline.config import CsvDialect, DataConfig, is_sql_url
 from pipeline.datasets import builtin_bytes
 from pipeline.errors import SourceError
+from pipeline.secrets import mask_url, redact
 
 BUILTIN_PREFIX = "builtin:"
 PARQUET_SUFFIXES = {".parquet", ".pq"}
@@ -58,16 +59,6 @@ def expand_environment(source: str) -> str:
     if unresolved:
         raise SourceError(f"data.source uses ${{{unresolved[0]}}} but that variable is not set")
     return expanded
-
-
-def mask_url(url: str) -> str:
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url.split("://", 1)[0] + "://..."
 
 
 # --- files ----------------------------------------------------------------------------------
@@ -229,22 +220,23 @@ def read_sql(url: str, query: str) -> pd.DataFrame:
         try:
             connection = engine.connect()
         except SQLAlchemyError as exc:
-            raise SourceError(f"cannot connect to {shown}: {_database_reason(exc)}") from None
+            reason = _database_reason(exc, url)
+            raise SourceError(f"cannot connect to {shown}: {reason}") from None
         with connection:
             try:
                 frame = pd.read_sql_query(text(query), connection)
             except (DBAPIError, SQLAlchemyError) as exc:
-                raise SourceError(
-                    f"data.query failed on {shown}: {_database_reason(exc)}"
-                ) from None
+                reason = _database_reason(exc, url)
+                raise SourceError(f"data.query failed on {shown}: {reason}") from None
     finally:
         engine.dispose()
     return _require_rows(frame, f"data.query on {shown}")
 
 
-def _database_reason(exc: Exception) -> str:
+def _database_reason(exc: Exception, url: str) -> str:
+    """The driver's first line, with any secret of `url` it quotes masked."""
     original = getattr(exc, "orig", None)
-    return _first_line(original if original is not None else exc)
+    return redact(_first_line(original if original is not None else exc), url)
 
 
 def _first_line(exc: BaseException) -> str:

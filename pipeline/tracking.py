@@ -23,6 +23,8 @@ import pandas as pd
 from pipeline.artifacts import folder_digest, write_json_atomic
 from pipeline.config import MlflowConfig
 from pipeline.errors import DataError, DriftlineError, TransientError
+from pipeline.secrets import mask_url, redact
+from pipeline.stores import prepare_store
 
 if TYPE_CHECKING:
     from pipeline.models import TabularModel
@@ -45,14 +47,20 @@ def tracking_uri(config: MlflowConfig) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or config.tracking_uri
 
 
-def start_tracking(config: MlflowConfig) -> str:
+def start_tracking(config: MlflowConfig, private: bool = True) -> str:
     """Point MLflow at the configured store and return the experiment id.
 
     A server that does not answer fails here, in one line, before any work is done.
+    A local store (a SQLite file, the artifact folder) that does not exist yet is
+    created owner-only when `private` (`stores.private`).
     """
     uri = tracking_uri(config)
     if uri.startswith(("http://", "https://")):
         _check_server(uri)
+    elif not uri.startswith("databricks"):
+        if "://" in uri:
+            prepare_store(uri, private)  # a SQLite file; a server database is its server's
+        prepare_store(config.artifact_location, private)  # a local folder; a URL: nothing
     import logging
 
     import mlflow
@@ -72,7 +80,9 @@ def start_tracking(config: MlflowConfig) -> str:
     except Exception as exc:
         if isinstance(exc, DriftlineError):
             raise
-        raise TrackingError(f"MLflow store {uri} cannot be used: {_first_line(exc)}") from None
+        raise TrackingError(
+            f"MLflow store {mask_url(uri)} cannot be used: {redact(_first_line(exc), uri)}"
+        ) from None
 
 
 @contextmanager
@@ -85,8 +95,9 @@ def tracking_errors(config: MlflowConfig) -> Iterator[None]:
         yield
     except (MlflowException, SQLAlchemyError) as exc:
         error = TrackingUnavailable if _unavailable(exc) else TrackingError
+        uri = tracking_uri(config)
         raise error(
-            f"MLflow store {tracking_uri(config)} failed while logging: {_first_line(exc)}"
+            f"MLflow store {mask_url(uri)} failed while logging: {redact(_first_line(exc), uri)}"
         ) from None
 
 
@@ -126,7 +137,7 @@ def model_run(config: MlflowConfig, experiment_id: str, stage: str, folder: Path
         )
     if not runs:
         raise DataError(
-            f"no {stage} run in the MLflow store {tracking_uri(config)} logged {folder} "
+            f"no {stage} run in the MLflow store {mask_url(tracking_uri(config))} logged {folder} "
             f"(sha256 {digest[:12]}): point MLFLOW_TRACKING_URI at the store it used, or "
             f"re-run it (dvc repro -f -s {stage})"
         )
@@ -153,9 +164,9 @@ def _check_server(uri: str) -> None:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5) as response:
             response.read()
     except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
+        reason = redact(str(getattr(exc, "reason", exc)), uri)
         raise TrackingUnavailable(
-            f"MLflow server {uri} is not reachable ({reason}): start it, or unset "
+            f"MLflow server {mask_url(uri)} is not reachable ({reason}): start it, or unset "
             "MLFLOW_TRACKING_URI to use the local store"
         ) from None
 

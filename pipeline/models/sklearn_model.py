@@ -1,12 +1,14 @@
 """The scikit-learn family: a Pipeline of imputation, scaling and one-hot encoding
 learned from train rows, then a linear model or a random forest.
 
-The fitted Pipeline is saved with skops, which loads only the types it was given,
-rather than with pickle.
+The fitted Pipeline is saved with skops rather than pickle, and loaded only when every
+type the file names is one Driftline writes (`TRUSTED_TYPES`): a tampered file is
+refused before anything in it is built.
 """
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import Task
+from pipeline.errors import DataError
 from pipeline.features import FeatureArrays, FeatureSpec
 from pipeline.models.base import FitReport, Learner, StepCallback, TrainingData, validation_loss
 
@@ -21,6 +24,21 @@ PIPELINE_FILE = "pipeline.skops"
 # Categorical gaps become this category, which no train category equals, so the
 # one-hot encoder treats them as unknown (all zeros).
 MISSING_CATEGORY = "__missing__"
+# The types of a Driftline `pipeline.skops` that skops does not trust by default, so
+# that loading must name them; any other type in a file means it was not written by
+# `SklearnLearner.save`. Derived by fitting every Pipeline `build_pipeline` makes
+# (forest and linear; regression with squared_error, poisson, tweedie and log1p;
+# binary and multiclass, with and without class weights; numeric-only,
+# categorical-only and mixed features, and the bike, bank and elec2 fixtures) and
+# listing `skops.io.get_untrusted_types` of each file (skops 0.16, scikit-learn 1.9).
+# tests/unit/test_safe_loads.py fits those variants again and fails on a new type.
+TRUSTED_TYPES = (
+    "numpy.dtype",  # the imputer's fitted dtype, when there are numeric features
+    "sklearn._loss.loss.HalfTweedieLoss",  # TweedieRegressor (linear, tweedie)
+    "sklearn.tree._tree.Tree",  # each tree of a random forest
+)
+# What a corrupt or foreign file makes skops raise while reading its schema.
+_UNREADABLE = (OSError, zipfile.BadZipFile, ValueError, TypeError, KeyError)
 
 
 def build_pipeline(
@@ -147,10 +165,37 @@ class SklearnLearner(Learner):
         task: Task,
         n_classes: int,
     ) -> SklearnLearner:
-        import skops.io
-
-        path = directory / PIPELINE_FILE
         learner = cls(config, features, task, n_classes)
-        # The file is one Driftline wrote; its types are the sklearn and numpy ones above.
-        learner.pipeline = skops.io.load(path, trusted=skops.io.get_untrusted_types(file=path))
+        learner.pipeline = load_pipeline(directory / PIPELINE_FILE)
         return learner
+
+
+def load_pipeline(path: Path) -> Any:
+    """The Pipeline in a skops file, refused (DataError) when the file names a type
+    outside skops' defaults and `TRUSTED_TYPES`: the check reads only the file's
+    schema, so a refused file builds nothing and runs no code."""
+    import skops.io
+
+    try:
+        named = skops.io.get_untrusted_types(file=path)
+    except _UNREADABLE as exc:
+        raise DataError(f"{path}: not a readable skops file ({_first_line(exc)})") from None
+    unexpected = sorted(set(named) - set(TRUSTED_TYPES))
+    if unexpected:
+        # repr: a name read from the file stays one line, whatever it holds.
+        shown = ", ".join(repr(name)[:200] for name in unexpected[:5])
+        more = f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else ""
+        raise DataError(
+            f"{path}: refused to load: it names type(s) Driftline never writes "
+            f"({shown}{more}); the file was altered or not written by Driftline: "
+            "restore the model folder from the registry or retrain"
+        )
+    try:
+        return skops.io.load(path, trusted=list(TRUSTED_TYPES))
+    except _UNREADABLE as exc:
+        raise DataError(f"{path}: not a readable skops file ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0].strip() if lines else type(exc).__name__

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
+import pickle
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -352,7 +353,15 @@ class TorchLearner(Learner):
         path = Path(directory) / CHECKPOINT_FILE
         if not path.exists():
             raise DataError(f"{directory} holds no {CHECKPOINT_FILE}: retrain the model")
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            # weights_only: tensors and plain values; any other object is refused unbuilt.
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise DataError(
+                f"{path}: refused to load: not a checkpoint of tensors and plain values "
+                f"({reason[:300]}); restore the model folder from the registry or retrain"
+            ) from None
         network_config = MLPConfig.from_dict(checkpoint["config"])
         shape = (network_config.n_numeric, len(network_config.cardinalities))
         if shape != (len(features.numeric), len(features.categorical)):

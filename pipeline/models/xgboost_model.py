@@ -19,6 +19,7 @@ import pandas as pd
 import xgboost as xgb
 
 from pipeline.config import Task
+from pipeline.errors import DataError
 from pipeline.features import FeatureArrays, FeatureSpec
 from pipeline.models.base import FitReport, Learner, StepCallback, TrainingData
 
@@ -161,5 +162,14 @@ class XGBoostLearner(Learner):
     ) -> XGBoostLearner:
         learner = cls(config, features, task, n_classes)
         learner.booster = xgb.Booster(params={"device": "cpu"})
-        learner.booster.load_model(str(directory / BOOSTER_FILE))
+        path = directory / BOOSTER_FILE
+        try:
+            # UBJSON parsed by xgboost itself: no pickle, nothing in the file is run.
+            learner.booster.load_model(str(path))
+        except (xgb.core.XGBoostError, ValueError, OSError) as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise DataError(
+                f"{path}: not a booster xgboost can read ({reason[:300]}); restore the "
+                "model folder from the registry or retrain"
+            ) from None
         return learner

@@ -19,6 +19,7 @@ from pipeline import preflight
 from pipeline.artifacts import write_json_atomic
 from pipeline.config import DEFAULT_PARAMS
 from pipeline.console import report_user_errors, say
+from pipeline.secrets import mask_url
 
 
 @report_user_errors
@@ -32,7 +33,8 @@ def main(
     checked = preflight.check_file(params)
     write_json_atomic(report, checked.facts)
     say(
-        f"check: {params} fits {checked.params.data.source} (task {checked.facts['task']}, "
+        f"check: {params} fits {mask_url(checked.params.data.source)} "
+        f"(task {checked.facts['task']}, "
         f"metric {checked.primary_metric}) -> {report}"
     )
 

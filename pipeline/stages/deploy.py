@@ -77,7 +77,8 @@ def main(
     ] = Path("reports/compression_latency.json"),
 ) -> None:
     """Register the candidate and make it the champion if the gate passed; record why."""
-    config = load_params(params).mlflow
+    loaded = load_params(params)
+    config = loaded.mlflow
     decided = read_json(gate, "evaluate")
     if not (compressed / "model.onnx").exists():
         raise DataError(f"{compressed}/model.onnx does not exist: run the compress stage first")
@@ -93,7 +94,7 @@ def main(
 
     trigger = promotions.trigger_from_environment()
     experiment = promotions.experiment_from_environment()
-    experiment_id = tracking.start_tracking(config)
+    experiment_id = tracking.start_tracking(config, loaded.stores.private)
     # The tune run that logged this model folder (by its hash): the deployable model,
     # ONNX export and reference go into it.
     run_id = tracking.model_run(config, experiment_id, "tune", model)

@@ -304,7 +304,7 @@ def main(
     from pipeline.scoring import score
     from pipeline.tracking import model_run, start_tracking, tracking_errors
 
-    experiment_id = start_tracking(loaded.mlflow)
+    experiment_id = start_tracking(loaded.mlflow, loaded.stores.private)
     # The tune run that logged this very model folder, found by its hash: on this host
     # or on any that shares the MLflow server, whoever pulled the folder from DVC.
     tune_run_id = model_run(loaded.mlflow, experiment_id, "tune", model)

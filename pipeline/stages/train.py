@@ -89,7 +89,7 @@ def main(
     from pipeline import tracking
     from pipeline.scoring import score
 
-    experiment_id = tracking.start_tracking(loaded.mlflow)
+    experiment_id = tracking.start_tracking(loaded.mlflow, loaded.stores.private)
     started = time.perf_counter()
     model = train(train_rows, val_rows, spec, config, loaded.time_ordered)
     val_metrics = rounded(score(model, val_rows, spec.target).metrics)

@@ -65,7 +65,8 @@ from pipeline.console import report_user_errors, say
 from pipeline.errors import ConfigError
 from pipeline.metrics import rounded
 from pipeline.schema import DatasetSpec
-from pipeline.sources import mask_url
+from pipeline.secrets import mask_url, redact
+from pipeline.stores import prepare_store
 
 if TYPE_CHECKING:
     import optuna
@@ -186,7 +187,8 @@ def make_study(config: TuneConfig, name: str) -> optuna.Study:
                 load_if_exists=True,
             )
         except (ImportError, ValueError, RuntimeError) as exc:
-            raise ConfigError(f"tune.storage: cannot open {shown!r} ({exc})") from None
+            reason = redact(str(exc), config.storage)
+            raise ConfigError(f"tune.storage: cannot open {shown!r} ({reason})") from None
         except Exception as exc:  # SQLAlchemy errors for a database that is down
             # Workers started together on a fresh database race to create Optuna's
             # tables (optuna/optuna#1092): the loser finds them made and tries again.
@@ -195,6 +197,7 @@ def make_study(config: TuneConfig, name: str) -> optuna.Study:
                 time.sleep(0.5 * attempt)
                 continue
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = redact(first, config.storage)
             raise ConfigError(f"tune.storage: cannot open {shown!r} ({first})") from None
 
 
@@ -605,7 +608,9 @@ def main(
     from pipeline import tracking
     from pipeline.scoring import score
 
-    experiment_id = tracking.start_tracking(loaded.mlflow)
+    experiment_id = tracking.start_tracking(loaded.mlflow, loaded.stores.private)
+    if config.storage:
+        prepare_store(config.storage, loaded.stores.private)  # before Optuna creates it
     provenance = tracking.provenance_tags([train_path, val_path])
     data_digest = provenance["driftline.data_version"]
     space = config.search_space.get(train_config.model, {})

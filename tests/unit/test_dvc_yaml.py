@@ -39,12 +39,15 @@ from tests.conftest import QUIET, REPO
 PACKAGE = "pipeline"
 DVC_YAML = REPO / "dvc.yaml"
 STAGE_MODULE = f"python -m {PACKAGE}.stages."
-# Settings that choose where a run is recorded, not what a stage computes: like the
-# ENVIRONMENT_OVERRIDES in pipeline/config.py, changing them must not re-run training.
+# Settings that choose where a run is recorded (and who may read the store), not what a
+# stage computes: like the ENVIRONMENT_OVERRIDES in pipeline/config.py, changing them
+# must not re-run training.
 # MLFLOW_TRACKING_URI overrides the first without touching params.yaml at all.
 # A stage that checks all of params.yaml declares the whole file (`- params.yaml:`).
 WHOLE_FILE = ""
-PLACE_KEYS = frozenset({"mlflow.tracking_uri", "mlflow.artifact_location", "mlflow.experiment"})
+PLACE_KEYS = frozenset(
+    {"mlflow.tracking_uri", "mlflow.artifact_location", "mlflow.experiment", "stores.private"}
+)
 
 
 @dataclass(frozen=True)
@@ -395,11 +398,12 @@ def test_every_declared_param_is_read(stage: Stage) -> None:
 
 
 def test_the_params_walk_follows_names_properties_and_hand_offs() -> None:
-    """compress reads one key of evaluate and hands its own section on; train reads
-    `Params.time_ordered`, a property, which reads split.method and data.time_column."""
+    """compress reads one key of evaluate and hands its own section and clean's (to
+    RowRules) on; train reads `Params.time_ordered`, a property, which reads
+    split.method and data.time_column."""
     compress = params_reads("pipeline.stages.compress")
     assert Read("evaluate.primary_metric") in compress
-    assert {read.key for read in compress if read.section} == {"compress"}
+    assert {read.key for read in compress if read.section} == {"compress", "clean"}
     train = {read.key for read in params_reads("pipeline.stages.train")}
     assert {"split.method", "data.time_column", "train", "mlflow"} <= train
 
