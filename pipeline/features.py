@@ -163,6 +163,10 @@ class FeatureSpec:
             codes[:, position] = [lookup.get(value, 0) for value in values]
         return FeatureArrays(numeric.astype(np.float32), codes, texts)
 
+    def is_known(self, column: str, text: str) -> bool:
+        """Whether train held this category of `column` (`category_value` text)."""
+        return text in self._category_codes[column]
+
     @cached_property
     def _category_codes(self) -> dict[str, dict[str, int]]:
         return {

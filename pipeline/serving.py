@@ -1,10 +1,22 @@
 """The prediction service: a FastAPI app over the compressed ONNX model.
 
 `load_served_model` reads a folder written by the compress stage (`model.onnx` and
-`model.json`, never a pickle) and builds, from the model's `FeatureSpec`, the pydantic
-model one request record must match: every feature is required but nullable (null
-means missing), categoricals take text, numbers or booleans, unknown fields are
-refused, and `id` optionally names the request.
+`model.json`, never a pickle) and builds the pydantic model one request record must
+match. A record is a row as the source has it: `model.json` carries what clean does to
+a row (`pipeline.rows.RowRules`: missing-value markers, coercions, ranges, unknown
+categories, fills, calendar features), and serving applies it, so a client sends
+`dteday` and never `dteday_dayofyear`. Every input column is required but nullable
+(null means missing); a derived feature may be sent instead of its date column.
+Unknown fields are refused, and `id` optionally names the request. A value that is not
+scored as sent (clipped, unknown, unparseable) gets a warning in the response and in
+the prediction log.
+
+What a client sends can never cause a 5xx: the body is read up to
+`serve.max_body_bytes` (413), parsed as strict JSON (no NaN/Infinity constants, no
+lone surrogates), walked once for `serve.max_depth` and `serve.max_string_length`,
+and only then validated; error bodies never echo a value that JSON cannot carry.
+`/openapi.json` describes the current model's record (types, ranges, categories), and
+`/docs` renders it from assets served by this app, offline.
 
 Given the model's native folder as well, it times both runtimes on a few seeded batches
 (about 50 calls; well under a second) and keeps the native model for the batch sizes
@@ -20,6 +32,7 @@ so a reload never fails a request in flight.
 import asyncio
 import json
 import logging
+import math
 import secrets
 import threading
 import time
@@ -34,8 +47,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
+from pipeline.config import ServeConfig
 from pipeline.errors import DataError
 from pipeline.features import FeatureArrays, FeatureSpec, category_value
+from pipeline.rows import UNKNOWN_CATEGORY, Flag, Flags, RowRules
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -48,10 +63,13 @@ logger = logging.getLogger(__name__)
 
 ONNX_FILE = "model.onnx"
 META_FILE = "model.json"
-MAX_BATCH = 10_000
-INLINE_RECORDS = 32  # batches up to this size are scored on the event loop
+INLINE_BYTES = 4096  # bodies up to this size are parsed and scored on the event loop
 REQUEST_ID = "id"
-CategoryInput = str | int | float | bool | None
+Number = Annotated[float, Field(allow_inf_nan=False)]
+CategoryInput = str | int | Number | bool | None
+# An error body shows the value that was refused only when it is a short scalar.
+ECHO_LIMIT = 100
+MAX_ERRORS = 20
 # Batch sizes at which the two runtimes are timed when a model is loaded, and the timed
 # calls per runtime and size (after one warm-up): the median of 5 is steady enough to
 # tell runtimes apart that differ twofold, as they do where the switch matters.
@@ -63,11 +81,13 @@ NATIVE_MARGIN = 0.8
 
 @dataclass(frozen=True)
 class ServedModel:
-    """One loaded model version and the request record its features call for.
+    """One loaded model version and the request record its inputs call for.
 
-    `native` is the model in its training library, kept only when it measured faster
-    than ONNX, on this host at load time, for batches of `native_from_rows` rows or more;
-    `batch_ms` holds those timings ({} when there was no native model to time).
+    `rules` is what clean does to a source row (None for a model compressed before
+    models carried it: its records are then keyed by feature). `native` is the model
+    in its training library, kept only when it measured faster than ONNX, on this host
+    at load time, for batches of `native_from_rows` rows or more; `batch_ms` holds
+    those timings ({} when there was no native model to time).
     """
 
     version: str
@@ -76,6 +96,7 @@ class ServedModel:
     meta: dict[str, Any]
     record_model: type[BaseModel]
     records: TypeAdapter[list[Any]] = field(repr=False)
+    rules: RowRules | None = None
     native: "TabularModel | None" = None
     native_from_rows: int | None = None
     batch_ms: dict[int, dict[str, float]] = field(default_factory=dict, repr=False)
@@ -90,6 +111,17 @@ class ServedModel:
         columns = self.features.columns
         return tuple(c for c in self.meta.get("context") or () if c not in columns)
 
+    @property
+    def dated(self) -> dict[str, tuple[str, ...]]:
+        """Each date column a request carries and the features derived from it."""
+        if self.rules is None:
+            return {}
+        derived: dict[str, list[str]] = {}
+        for name, (column, _) in self.rules.derived.items():
+            if name in self.features.columns:
+                derived.setdefault(column, []).append(name)
+        return {column: tuple(names) for column, names in derived.items()}
+
     def runtime(self, rows: int) -> "OnnxModel | TabularModel":
         """The faster runtime for a batch of `rows`, as measured when it was loaded."""
         if self.native is not None and self.native_from_rows and rows >= self.native_from_rows:
@@ -97,25 +129,91 @@ class ServedModel:
         return self.model
 
 
-def record_model(features: FeatureSpec, context: tuple[str, ...] = ()) -> type[BaseModel]:
+def record_model(
+    features: FeatureSpec, context: tuple[str, ...] = (), rules: RowRules | None = None
+) -> type[BaseModel]:
     """The pydantic model of one request record. Field names are positional and the
-    feature names are aliases, so a feature may be called anything (`json`, `1st`).
+    column names are aliases, so a column may be called anything (`json`, `1st`).
+
+    With `rules`, a record is a source row: a feature that clean derives from a date
+    column is replaced by that column (text, in the schema's format); the derived
+    feature stays accepted, optional, for clients that send it. Each field's
+    description gives its range or categories and what happens outside them.
 
     `context` names the data set's columns that are not features but that a labelled
     production row needs to become training data again (its key and time): optional,
     logged, never scored."""
+    rules = rules or RowRules()
+    derived = {name: column for name, (column, _) in rules.derived.items()}
     fields: dict[str, Any] = {}
     for position, name in enumerate(features.numeric):
-        fields[f"numeric_{position}"] = (float | None, Field(alias=name))
+        if name in derived:
+            described = f"derived from `{derived[name]}`: send that column instead"
+            fields[f"numeric_{position}"] = (
+                Number | None,
+                Field(default=None, alias=name, description=described),
+            )
+            continue
+        described = _numeric_description(name, rules)
+        fields[f"numeric_{position}"] = (Number | None, Field(alias=name, description=described))
     for position, name in enumerate(features.categorical):
-        fields[f"categorical_{position}"] = (CategoryInput, Field(alias=name))
-    for position, name in enumerate(c for c in context if c not in features.columns):
-        fields[f"context_{position}"] = (CategoryInput, Field(default=None, alias=name))
-    if REQUEST_ID not in features.columns:
-        fields["request_id"] = (str | int | None, Field(default=None, alias=REQUEST_ID))
+        known = features.categories.get(name, ())
+        described = f"one of: {', '.join(known[:50])}{', ...' if len(known) > 50 else ''}."
+        described += " Any other value is scored as missing, with a warning. Null: missing."
+        fields[f"categorical_{position}"] = (
+            CategoryInput,
+            Field(alias=name, description=described, examples=list(known[:3]) or None),
+        )
+    dated = {derived[name] for name in features.columns if name in derived}
+    for position, name in enumerate(sorted(c for c in dated if c not in features.columns)):
+        fmt = rules.datetime.get(name)
+        described = (
+            f"a date ({fmt or 'ISO 8601'}); the model's calendar features are derived from "
+            "it. Required unless those features are sent instead. Null: missing."
+        )
+        fields[f"date_{position}"] = (
+            str | None,
+            Field(default=None, alias=name, description=described),
+        )
+    taken = {*features.columns, *dated}
+    for position, name in enumerate(c for c in context if c not in taken):
+        described = "a key or time column: logged with the prediction, never scored"
+        fields[f"context_{position}"] = (
+            CategoryInput,
+            Field(default=None, alias=name, description=described),
+        )
+    taken |= set(context)
+    for position, name in enumerate(c for c in rules.dropped if c not in taken):
+        described = "a source column clean removes: accepted, never scored"
+        fields[f"dropped_{position}"] = (
+            CategoryInput,
+            Field(default=None, alias=name, description=described),
+        )
+    taken |= set(rules.dropped)
+    if REQUEST_ID not in taken:
+        described = "names the request in the response and the prediction log (default: a UUID)"
+        fields["request_id"] = (
+            str | int | None,
+            Field(default=None, alias=REQUEST_ID, description=described),
+        )
     return create_model(  # type: ignore[call-overload, no-any-return]
         "PredictionRecord", __config__=ConfigDict(extra="forbid"), **fields
     )
+
+
+def _numeric_description(name: str, rules: RowRules) -> str:
+    rule = rules.numeric.get(name)
+    if rule is None or (rule.min is None and rule.max is None):
+        return "a number. Null: missing."
+    low = "" if rule.min is None else f"{rule.min:g}"
+    high = "" if rule.max is None else f"{rule.max:g}"
+    outside = {
+        "clip": "clipped to the range",
+        "null": "scored as missing",
+        "drop": "scored as missing",
+        "keep": "scored as sent",
+    }[rule.out_of_range]
+    return f"a number in [{low}, {high}]; outside it, {outside}, with a warning. Null: missing."
 
 
 def load_served_model(folder: Path, version: str, native: Path | None = None) -> ServedModel:
@@ -146,7 +244,11 @@ def load_served_model(folder: Path, version: str, native: Path | None = None) ->
         intra_op_num_threads=1,
     )
     context = tuple(meta.get("context") or ())
-    record = record_model(features, context)
+    try:
+        rules = RowRules.from_dict(meta["rows"]) if meta.get("rows") else None
+    except (KeyError, TypeError) as exc:
+        raise DataError(f"{meta_path}: `rows` is not a row description ({exc})") from exc
+    record = record_model(features, context, rules)
     native_model, choice = None, RuntimeChoice(None, {})
     if native is not None:
         choice, native_model = _timed_native(native, model, version)
@@ -157,6 +259,7 @@ def load_served_model(folder: Path, version: str, native: Path | None = None) ->
         meta=meta,
         record_model=record,
         records=TypeAdapter(list[record]),  # type: ignore[valid-type]
+        rules=rules,
         native=native_model,
         native_from_rows=choice.native_from_rows if native_model is not None else None,
         batch_ms=choice.batch_ms,
@@ -282,9 +385,83 @@ class ParsedRequest:
     batch: bool
 
 
-def parse_request(body: Any, served: ServedModel, max_batch: int) -> ParsedRequest:
+def read_json(raw: bytes, limits: ServeConfig) -> Any:
+    """The body as strict JSON, walked once for the limits: a RequestError (413/422)
+    for anything else. Python's parser accepts `NaN` and `Infinity`, which JSON does
+    not, and lone surrogates (`\\ud800`), which no response or log can carry."""
+    if len(raw) > limits.max_body_bytes:
+        raise RequestError(413, f"the body holds {len(raw)} bytes; at most {limits.max_body_bytes}")
+    try:
+        body = json.loads(raw, parse_constant=_refuse_constant)
+    except RecursionError:
+        message = f"the body nests deeper than {limits.max_depth} levels"
+        raise RequestError(422, [_error(("body",), message, "json_depth")]) from None
+    except ValueError as exc:  # JSONDecodeError, bad UTF-8, a constant, a 5,000-digit int
+        raise RequestError(
+            422, [_error(("body",), f"invalid JSON: {exc}", "json_invalid")]
+        ) from None
+    errors = json_limit_errors(body, limits)
+    if errors:
+        raise RequestError(422, errors)
+    return body
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value (send null for a missing number)")
+
+
+def json_limit_errors(body: Any, limits: ServeConfig) -> list[dict[str, Any]]:
+    """Nesting, string length, encodable text and finite numbers, in one walk."""
+    errors: list[dict[str, Any]] = []
+    stack: list[tuple[Any, int, tuple[Any, ...]]] = [(body, 1, ("body",))]
+    while stack and len(errors) < MAX_ERRORS:
+        value, depth, loc = stack.pop()
+        if isinstance(value, dict | list):
+            if depth > limits.max_depth:
+                message = f"nested deeper than {limits.max_depth} levels"
+                errors.append(_error(loc, message, "json_depth"))
+                continue
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                where = (*loc, _safe(key))
+                if isinstance(key, str) and (problem := _text_problem(key, limits)):
+                    errors.append(_error(where, f"field name {problem}", "string_invalid"))
+                elif isinstance(item, dict | list):
+                    stack.append((item, depth + 1, where))
+                elif (problem := _scalar_problem(item, limits)) is not None:
+                    errors.append(_error(where, problem, "value_invalid"))
+        elif (problem := _scalar_problem(value, limits)) is not None:
+            errors.append(_error(loc, problem, "value_invalid"))
+    return errors
+
+
+def _scalar_problem(value: Any, limits: ServeConfig) -> str | None:
+    if isinstance(value, str):
+        return _text_problem(value, limits)
+    if isinstance(value, float) and not math.isfinite(value):
+        return "a number too large for a 64-bit float"
+    if isinstance(value, int) and not -MAX_FLOAT <= value <= MAX_FLOAT:
+        return "a number too large for a 64-bit float"
+    return None
+
+
+def _text_problem(text: str, limits: ServeConfig) -> str | None:
+    if len(text) > limits.max_string_length:
+        return f"is {len(text)} characters long; at most {limits.max_string_length}"
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return "holds a lone surrogate (\\ud800-\\udfff), which is not text"
+    return None
+
+
+MAX_FLOAT = 1.7976931348623157e308
+
+
+def parse_request(body: Any, served: ServedModel, limits: ServeConfig) -> ParsedRequest:
     """One record (an object) or `{"records": [...]}`, validated against the model's
-    features. Errors name the record index and the field."""
+    inputs. Errors name the record index and the field."""
     is_batch = isinstance(body, dict) and set(body) == {"records"}
     if is_batch:
         raw = body["records"]
@@ -293,8 +470,8 @@ def parse_request(body: Any, served: ServedModel, max_batch: int) -> ParsedReque
         if not raw:
             message = "the batch is empty: send at least one record"
             raise RequestError(422, [_error(("body", "records"), message, "empty_batch")])
-        if len(raw) > max_batch:
-            message = f"the batch holds {len(raw)} records; at most {max_batch} are accepted"
+        if len(raw) > limits.max_batch:
+            message = f"the batch holds {len(raw)} records; at most {limits.max_batch} are accepted"
             raise RequestError(413, message)
     elif isinstance(body, dict):
         raw = [body]
@@ -303,8 +480,10 @@ def parse_request(body: Any, served: ServedModel, max_batch: int) -> ParsedReque
         raise RequestError(422, [_error(("body",), message, "model_type")])
     try:
         records = served.records.validate_python(raw)
+        errors = missing_dates(records, served)
     except ValidationError as exc:
         errors = record_errors(exc)
+    if errors:
         for error in errors:
             loc = error["loc"]
             error["loc"] = ["body", "records", *loc] if is_batch else ["body", *loc[1:]]
@@ -312,9 +491,33 @@ def parse_request(body: Any, served: ServedModel, max_batch: int) -> ParsedReque
     return ParsedRequest(records=records, batch=is_batch)
 
 
+def missing_dates(records: list[BaseModel], served: ServedModel) -> list[dict[str, Any]]:
+    """A record must send each date column, or every feature derived from it."""
+    dated = served.dated
+    if not dated:
+        return []
+    aliases = {
+        info.alias: name for name, info in served.record_model.model_fields.items() if info.alias
+    }
+    errors: list[dict[str, Any]] = []
+    for index, record in enumerate(records):
+        sent = record.model_fields_set
+        for column, derived in dated.items():
+            if aliases[column] in sent or all(aliases[name] in sent for name in derived):
+                continue
+            fmt = served.rules.datetime.get(column) if served.rules else None
+            message = (
+                f"Field required: send {column} (a date, {fmt or 'ISO 8601'}), "
+                f"or the features derived from it ({', '.join(derived)})"
+            )
+            errors.append({"type": "missing", "loc": [index, column], "msg": message})
+    return errors
+
+
 def record_errors(exc: ValidationError) -> list[dict[str, Any]]:
     """pydantic's errors with `loc` as [record index, field]: a categorical's union
-    reports one error per member type, which become one error for the field."""
+    reports one error per member type, which become one error for the field. The
+    refused value is echoed only when it is a short scalar."""
     errors: list[dict[str, Any]] = []
     seen: set[tuple[Any, ...]] = set()
     for error in exc.errors(include_url=False, include_context=False):
@@ -330,17 +533,38 @@ def record_errors(exc: ValidationError) -> list[dict[str, Any]]:
         if loc in seen:
             continue
         seen.add(loc)
-        errors.append({**error, "loc": list(loc)})
+        shown = {"type": error["type"], "loc": [_safe(part) for part in loc], "msg": error["msg"]}
+        if "input" in error and _echoable(error["input"]):
+            shown["input"] = error["input"]
+        errors.append(shown)
+        if len(errors) >= MAX_ERRORS:
+            break
     return errors
 
 
-def _error(loc: tuple[str, ...], message: str, kind: str = "value_error") -> dict[str, Any]:
+def _echoable(value: Any) -> bool:
+    if value is None or isinstance(value, bool | int):
+        return not isinstance(value, int) or abs(value) <= MAX_FLOAT
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, str):
+        return len(value) <= ECHO_LIMIT and _text_problem(value, ServeConfig()) is None
+    return False
+
+
+def _safe(part: Any) -> Any:
+    """A location part JSON can carry: text with surrogates escaped, cut short."""
+    if isinstance(part, str):
+        if len(part) > ECHO_LIMIT:
+            part = part[:ECHO_LIMIT] + "..."
+        if not part.isascii():
+            part = part.encode("utf-8", "backslashreplace").decode("utf-8")
+        return part
+    return part if isinstance(part, int) else str(part)
+
+
+def _error(loc: tuple[Any, ...], message: str, kind: str = "value_error") -> dict[str, Any]:
     return {"loc": list(loc), "msg": message, "type": kind}
-
-
-def feature_rows(records: list[BaseModel]) -> list[dict[str, Any]]:
-    """Each record as {feature name: value}; null stays None."""
-    return [record.model_dump(by_alias=True) for record in records]
 
 
 @dataclass(frozen=True)
@@ -349,9 +573,36 @@ class Scored:
     log_rows: list[dict[str, Any]]
 
 
+def model_rows(
+    served: ServedModel, records: list[BaseModel]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[Flags]]:
+    """Each record as sent ({column: value}), as the model sees it ({feature: value},
+    after clean's row rules), and a flag per value not scored as sent."""
+    sent, prepared, flagged = [], [], []
+    columns = served.features.columns
+    for record in records:
+        row = record.model_dump(by_alias=True, exclude_unset=True)
+        if served.rules is not None:
+            cleaned, flags = served.rules.apply(row)
+        else:
+            cleaned, flags = row, {}
+        features = {name: cleaned.get(name) for name in columns}
+        for name in served.features.categorical:
+            text = category_value(features[name])
+            if text is not None and not served.features.is_known(name, text):
+                known = served.features.categories.get(name, ())
+                shown = ", ".join(known[:10]) + (", ..." if len(known) > 10 else "")
+                message = f"{text[:40]!r} was not seen in training ({shown}): scored as missing"
+                flags[name] = Flag(UNKNOWN_CATEGORY, message)
+        sent.append(row)
+        prepared.append(features)
+        flagged.append(flags)
+    return sent, prepared, flagged
+
+
 def score_records(served: ServedModel, records: list[BaseModel]) -> Scored:
     """Call the model once on all records; the response items and the log rows."""
-    rows = feature_rows(records)
+    sent, rows, flagged = model_rows(served, records)
     arrays = served.features.record_arrays(rows)
     raw = served.runtime(len(rows)).predict_arrays(arrays)
     decided = served.model.decide(raw)
@@ -359,14 +610,17 @@ def score_records(served: ServedModel, records: list[BaseModel]) -> Scored:
     classes = [_plain(label) for label in served.model.classes]
     timestamp = datetime.now(UTC)
     predictions, log_rows = [], []
-    for position, record in enumerate(records):
-        given = getattr(record, "request_id", None)
+    for position, row in enumerate(sent):
+        given = row.get(REQUEST_ID) if REQUEST_ID not in served.features.columns else None
         request_id = str(given) if given is not None else uuid.uuid4().hex
         item: dict[str, Any] = {"id": request_id, "prediction": _plain(decided[position])}
         if classification:
             item["probabilities"] = {
                 str(label): float(p) for label, p in zip(classes, raw[position], strict=True)
             }
+        flags = flagged[position]
+        if flags:
+            item["warnings"] = {name: flag.message for name, flag in flags.items()}
         predictions.append(item)
         log_rows.append(
             {
@@ -374,9 +628,10 @@ def score_records(served: ServedModel, records: list[BaseModel]) -> Scored:
                 "timestamp": timestamp,
                 "model_version": served.version,
                 "inputs": logged_inputs(rows[position], served.features),
-                "context": {name: rows[position][name] for name in served.context},
+                "context": {name: row.get(name) for name in served.context},
                 "prediction": item["prediction"],
                 "probabilities": item.get("probabilities"),
+                "flags": {name: flag.kind for name, flag in flags.items()},
             }
         )
     return Scored(predictions=predictions, log_rows=log_rows)
@@ -404,6 +659,8 @@ def model_info(served: ServedModel) -> dict[str, Any]:
     return {
         "model_version": served.version,
         "family": meta.get("family"),
+        # What a request record holds: the source's columns (see /docs for each).
+        "inputs": [info.alias for info in served.record_model.model_fields.values()],
         "task": meta.get("task"),
         "target": meta.get("target"),
         "features": meta.get("features"),
@@ -426,17 +683,21 @@ def create_app(
     admin_token: str | None = None,
     poll_seconds: float | None = None,
     current_version: Callable[[], str | None] | None = None,
-    max_batch: int = MAX_BATCH,
+    limits: ServeConfig | None = None,
 ) -> "FastAPI":
     """The service. `source` loads the model to serve (now, and on every reload);
     `current_version` says which version should be served, checked every
-    `poll_seconds` when both are given."""
+    `poll_seconds` when both are given; `limits` bound what one request may hold."""
     # This module has no `from __future__ import annotations`: FastAPI evaluates the
     # endpoints' annotations, which name these function-local imports.
-    from fastapi import Body, FastAPI, Header
+    from fastapi import FastAPI, Header, Request
     from fastapi.concurrency import run_in_threadpool
-    from fastapi.responses import JSONResponse
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+    from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi.staticfiles import StaticFiles
 
+    limits = limits or ServeConfig()
     holder = ModelHolder(source())
 
     async def poll() -> None:
@@ -468,13 +729,32 @@ def create_app(
                 except Exception as exc:
                     logger.warning("serving: could not flush the prediction log: %s", exc)
 
-    app = FastAPI(title="Driftline model", lifespan=lifespan)
+    app = FastAPI(
+        title="Driftline model",
+        description="Scores rows of the data set the champion was trained on.",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.models = holder
+    app.mount("/docs-assets", StaticFiles(directory=docs_assets()), name="docs-assets")
 
-    def answer(body: Any) -> JSONResponse:
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        detail = [
+            {
+                "type": e.get("type"),
+                "loc": [_safe(p) for p in e.get("loc", ())],
+                "msg": e.get("msg"),
+            }
+            for e in exc.errors()[:MAX_ERRORS]
+        ]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    def answer(raw: bytes) -> JSONResponse:
         served = holder.current  # one reference for the whole request
         try:
-            parsed = parse_request(body, served, max_batch)
+            parsed = parse_request(read_json(raw, limits), served, limits)
         except RequestError as exc:
             return JSONResponse({"detail": exc.detail}, status_code=exc.status)
         scored = score_records(served, parsed.records)
@@ -485,15 +765,25 @@ def create_app(
                 logger.warning("serving: prediction not logged: %s", exc)
         return JSONResponse({"model_version": served.version, "predictions": scored.predictions})
 
-    @app.post("/predict")
-    async def predict(body: Annotated[Any, Body()]) -> JSONResponse:
-        # A few records score in about 0.1 ms: on the event loop, that is cheaper than
-        # the hop to a worker thread. Larger batches go to a thread so that they never
-        # hold up the small requests behind them.
-        records = body.get("records") if isinstance(body, dict) else None
-        if isinstance(records, list) and len(records) > INLINE_RECORDS:
-            return await run_in_threadpool(answer, body)
-        return answer(body)
+    @app.post("/predict", response_model=None)
+    async def predict(request: Request) -> JSONResponse:
+        """Score one record (a JSON object) or a batch (`{"records": [...]}`)."""
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limits.max_body_bytes:
+            message = f"the body holds {declared} bytes; at most {limits.max_body_bytes}"
+            return JSONResponse({"detail": message}, status_code=413)
+        raw = bytearray()
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > limits.max_body_bytes:
+                message = f"the body holds over {limits.max_body_bytes} bytes"
+                return JSONResponse({"detail": message}, status_code=413)
+        # A small body parses and scores in about 0.1 ms: on the event loop, that is
+        # cheaper than the hop to a worker thread. Larger ones go to a thread so that
+        # they never hold up the small requests behind them.
+        if len(raw) > INLINE_BYTES:
+            return await run_in_threadpool(answer, bytes(raw))
+        return answer(bytes(raw))
 
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -525,7 +815,158 @@ def create_app(
             return JSONResponse({"detail": detail}, 500)
         return JSONResponse({"model_version": served.version, "previous_version": previous})
 
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="Driftline model: API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon.png",
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url="/openapi.json",
+            title="Driftline model: API",
+            redoc_js_url="/docs-assets/redoc.standalone.js",
+            redoc_favicon_url="/docs-assets/favicon.png",
+            with_google_fonts=False,
+        )
+
+    schemas: dict[str, dict[str, Any]] = {}
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema, with /predict's body and answer described for the model
+        being served now (a reload changes them)."""
+        served = holder.current
+        if served.version not in schemas:
+            from fastapi.openapi.utils import get_openapi
+
+            schema = get_openapi(
+                title=app.title,
+                version=f"model v{served.version}",
+                description=app.description,
+                routes=app.routes,
+            )
+            schemas.clear()
+            schemas[served.version] = predict_schema(schema, served, limits)
+        return schemas[served.version]
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def example_record(served: ServedModel) -> dict[str, Any]:
+    """A record /docs can offer: each input mid-range or its first category, each date
+    column a date in its format, no derived or optional field."""
+    rules = served.rules or RowRules()
+    derived = set(rules.derived)
+    example: dict[str, Any] = {}
+    for name in served.features.numeric:
+        if name in derived:
+            continue
+        rule = rules.numeric.get(name)
+        low, high = (rule.min, rule.max) if rule is not None else (None, None)
+        if low is not None and high is not None:
+            example[name] = (low + high) / 2
+        else:
+            example[name] = low if low is not None else high if high is not None else 0.0
+    for name in served.features.categorical:
+        known = served.features.categories.get(name, ())
+        example[name] = known[0] if known else None
+    for column in served.dated:
+        example[column] = datetime(2024, 1, 15).strftime(rules.datetime.get(column) or "%Y-%m-%d")
+    return example
+
+
+def docs_assets() -> Path:
+    """Swagger UI's and ReDoc's scripts, from the fastapi-offline package: /docs must
+    render where no CDN can be reached."""
+    import fastapi_offline
+
+    return Path(fastapi_offline.__file__).parent / "static"
+
+
+def predict_schema(
+    schema: dict[str, Any], served: ServedModel, limits: ServeConfig
+) -> dict[str, Any]:
+    """`schema` with /predict's request and response bodies for `served`."""
+    record = served.record_model.model_json_schema(by_alias=True)
+    record["title"] = "PredictionRecord"
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components["PredictionRecord"] = record
+    components["PredictionBatch"] = {
+        "title": "PredictionBatch",
+        "type": "object",
+        "properties": {
+            "records": {
+                "type": "array",
+                "items": {"$ref": "#/components/schemas/PredictionRecord"},
+                "minItems": 1,
+                "maxItems": limits.max_batch,
+            }
+        },
+        "required": ["records"],
+        "additionalProperties": False,
+    }
+    prediction: dict[str, Any] = {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "prediction": {"type": ["number", "string", "integer", "boolean"]},
+            "warnings": {
+                "type": "object",
+                "additionalProperties": {"type": "string"},
+                "description": "per field, a value that was not scored as sent",
+            },
+        },
+        "required": ["id", "prediction"],
+    }
+    if served.model.task != "regression":
+        prediction["properties"]["probabilities"] = {
+            "type": "object",
+            "additionalProperties": {"type": "number"},
+            "description": "per class: " + ", ".join(str(c) for c in served.model.classes),
+        }
+        prediction["required"].append("probabilities")
+    components["PredictionResponse"] = {
+        "title": "PredictionResponse",
+        "type": "object",
+        "properties": {
+            "model_version": {"type": "string"},
+            "predictions": {"type": "array", "items": prediction},
+        },
+        "required": ["model_version", "predictions"],
+    }
+    problem = {"description": "", "content": {"application/json": {"schema": {"type": "object"}}}}
+    operation = schema["paths"]["/predict"]["post"]
+    operation["requestBody"] = {
+        "required": True,
+        "content": {
+            "application/json": {
+                "example": example_record(served),
+                "schema": {
+                    "oneOf": [
+                        {"$ref": "#/components/schemas/PredictionRecord"},
+                        {"$ref": "#/components/schemas/PredictionBatch"},
+                    ]
+                },
+            }
+        },
+    }
+    operation["responses"] = {
+        "200": {
+            "description": "the predictions, in the order of the records",
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/PredictionResponse"}}
+            },
+        },
+        "413": {**problem, "description": f"over {limits.max_batch} records or the body limit"},
+        "422": {**problem, "description": "a record that does not match the model's inputs"},
+    }
+    return schema
 
 
 def run_server(app: "FastAPI", host: str = "127.0.0.1", port: int = 8000) -> None:

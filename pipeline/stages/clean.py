@@ -50,6 +50,7 @@ class _ChangeLog:
     def __init__(self) -> None:
         self.columns: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self.rows_dropped: Counter[str] = Counter()
+        self.fills: dict[str, Any] = {}  # the value each imputed column was filled with
 
     def changed(self, column: str, change: str, count: int) -> None:
         if count:
@@ -150,6 +151,8 @@ def clean(frame: pd.DataFrame, spec: DatasetSpec, config: CleanConfig) -> Cleane
         "columns": {column: dict(counts) for column, counts in sorted(log.columns.items())},
         "dropped_columns": dropped_columns,
         "derived_columns": derived,
+        # What serving fills a request's gaps with, as clean filled them here (RowRules).
+        "fills": dict(sorted(log.fills.items())),
     }
     return Cleaned(frame=frame, report=report)
 
@@ -204,8 +207,6 @@ def _fill_missing(
     log: _ChangeLog,
 ) -> pd.DataFrame:
     missing = frame[column].isna()
-    if not missing.any():
-        return frame
     kind = spec.schema.kind_of(column)
     chosen = _override(config, column, "missing")
     if kind == "datetime":
@@ -228,6 +229,8 @@ def _fill_missing(
         return frame
     if policy == "drop":
         return log.drop_rows(frame, missing, "missing")
+    # The fill is kept even for a column without gaps here: serving fills a request's
+    # gap with it (RowRules), as clean would have.
     values = frame[column]
     if policy == "median":
         fill = values.median()
@@ -242,8 +245,12 @@ def _fill_missing(
         if modes.empty:
             return frame
         fill = modes.iloc[0]
-    log.changed(column, f"imputed_{policy}", missing.sum())
-    frame[column] = values.fillna(fill)
+    if pd.isna(fill):  # an empty column: nothing to fill with
+        return frame
+    log.fills[column] = fill.item() if hasattr(fill, "item") else fill
+    if missing.any():
+        log.changed(column, f"imputed_{policy}", missing.sum())
+        frame[column] = values.fillna(fill)
     return frame
 
 

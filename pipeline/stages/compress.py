@@ -34,11 +34,12 @@ import numpy as np
 import pandas as pd
 import typer
 
-from pipeline.artifacts import read_stage_input, staged_directory, write_json_atomic
+from pipeline.artifacts import read_json, read_stage_input, staged_directory, write_json_atomic
 from pipeline.config import DEFAULT_PARAMS, CompressConfig, load_params
 from pipeline.console import report_user_errors, say
 from pipeline.errors import DriftlineError
 from pipeline.metrics import HIGHER_IS_BETTER, primary_metric
+from pipeline.rows import RowRules
 from pipeline.schema import DatasetSpec
 
 if TYPE_CHECKING:
@@ -256,6 +257,9 @@ def main(
     params: Annotated[Path, typer.Option(help="The params file.")] = DEFAULT_PARAMS,
     raw: Annotated[Path, typer.Option(help="The ingest stage's folder.")] = Path("data/raw"),
     split: Annotated[Path, typer.Option(help="The split stage's folder.")] = Path("data/split"),
+    cleaned: Annotated[Path, typer.Option(help="The clean stage's report (its fills).")] = Path(
+        "reports/clean.json"
+    ),
     model: Annotated[Path, typer.Option(help="The model to compress.")] = Path("models/tuned"),
     out: Annotated[Path, typer.Option(help="Folder for model.onnx and model.json.")] = Path(
         "models/compressed"
@@ -274,6 +278,7 @@ def main(
     loaded = load_params(params)
     config = loaded.compress
     spec = DatasetSpec.read(raw / "schema.yaml")
+    clean_report = read_json(cleaned, "clean")
     test_rows = read_stage_input(split / "test.parquet", "split")
     # The gate's metric, derived as evaluate derives it rather than read from its report:
     # compress then waits on no gate, and a gate setting (evaluate.min_improvement) does
@@ -292,6 +297,9 @@ def main(
             # Columns a request may carry for the log, so that a labelled production
             # row can become a training row again (`driftline` retraining on drift).
             "context": context_columns(spec, candidate.features.columns),
+            # What clean does to a source row: serving applies it to each request, so a
+            # client sends the row as the source has it (pipeline/rows.py).
+            "rows": RowRules.fit(spec, loaded.clean, clean_report.get("fills")).to_dict(),
         }
         (staged / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     summary = result.report()

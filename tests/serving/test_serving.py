@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from pipeline.config import Schema, TrainConfig
+from pipeline.config import Schema, ServeConfig, TrainConfig
 from pipeline.models import fit_model
 from pipeline.onnx_model import export_onnx
 from pipeline.prediction_log import PredictionLog, read_predictions
@@ -237,7 +237,7 @@ def test_invalid_json_is_a_422(binary: ServedModel) -> None:
 
 
 def test_an_oversize_batch_is_refused_with_a_message(binary: ServedModel) -> None:
-    client = TestClient(create_app(fixed(binary), max_batch=3))
+    client = TestClient(create_app(fixed(binary), limits=ServeConfig(max_batch=3)))
     response = client.post("/predict", json={"records": rows(4)})
     assert response.status_code == 413
     assert "at most 3" in response.json()["detail"]
@@ -379,6 +379,27 @@ def test_every_prediction_reaches_the_log(binary: ServedModel, tmp_path: Path) -
     assert pd.isna(logged.loc[3, "feature.x"])
     assert json.loads(logged.loc[0, "probabilities"]) == answers[0]["probabilities"]
     assert logged["timestamp"].dt.tz is not None
+    # rows() makes the first colour one train never saw: scored as missing, said, counted.
+    assert "was not seen in training" in answers[0]["warnings"]["colour"]
+    assert json.loads(logged.loc[0, "flags"]) == {"colour": "unknown_category"}
+    assert logged["unknown_categories"].tolist() == [1, 0, 0, 1]  # "4" is unseen too
+    assert pd.isna(logged.loc[1, "flags"]) and logged["out_of_range"].sum() == 0
+
+
+def test_an_older_sql_log_gains_the_columns_a_newer_row_brings(
+    binary: ServedModel, tmp_path: Path
+) -> None:
+    """A table written before `flags` existed, or by a model with other features."""
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    old = pd.DataFrame({"request_id": ["a"], "timestamp": [pd.Timestamp.now(tz="UTC")]})
+    old.to_sql("predictions", url, index=False)
+    log = PredictionLog.sql(url, flush_seconds=60)
+    client = TestClient(create_app(fixed(binary), log=log))
+    assert client.post("/predict", json=rows(1)[0]).status_code == 200
+    log.close()
+    logged = read_predictions(url)
+    assert len(logged) == 2 and logged.loc[1, "unknown_categories"] == 1
+    assert logged.loc[1, "feature.colour"] == "purple"
 
 
 def test_key_and_time_may_ride_along_for_the_log(folders: dict[str, Path], tmp_path: Path) -> None:
