@@ -53,6 +53,12 @@ _EXIT_STATUS = re.compile(r"exited with (-?\d+)")
 # DVC's log templates for the two ways a changed stage can complete.
 _RUNNING = "Running stage '%s'"
 _RESTORED = "Stage '%s' is cached"
+# Where DVC logs its advice to stage `dvc.lock` with git ("To track the changes with
+# git, run: git add dvc.lock", "To enable auto staging, run: ..."), and its reminder to
+# push: advice for a person at a terminal, wrong in a flow, which commits and pushes
+# itself (or was told not to).
+GIT_HINTS_LOGGER = "dvc.repo.scm_context"
+PUSH_HINT = "Use `dvc push` to send your updates"
 
 
 class StageFailed(Exception):
@@ -214,10 +220,23 @@ def stage_target(root: Path, stage: str) -> str:
     return f"{root / (dvcfile or DVC_YAML)}:{name}"
 
 
+class WithoutHints(logging.Filter):
+    """Drops DVC's git and push hints, and the blank lines DVC logs to space its console
+    output: none of them belongs in a flow run's log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == GIT_HINTS_LOGGER and record.levelno <= logging.INFO:
+            return False
+        message = record.getMessage()
+        return bool(message.strip()) and PUSH_HINT not in message
+
+
 @contextmanager
 def _dvc_log(extra: logging.Handler | None) -> Iterator[dict[str, bool]]:
     """Watch DVC's log for one stage: whether the command ran or the run cache served
-    it (DVC says so only in its log). `extra` gets DVC's records meanwhile."""
+    it (DVC says so only in its log). `extra` gets DVC's records meanwhile, without its
+    hints (`WithoutHints`); the hints logger keeps them from every other handler too,
+    Prefect's own when PREFECT_LOGGING_EXTRA_LOGGERS names dvc."""
     seen = {"ran": False, "restored": False}
 
     class Watch(logging.Handler):
@@ -226,8 +245,12 @@ def _dvc_log(extra: logging.Handler | None) -> Iterator[dict[str, bool]]:
             seen["ran"] |= template.startswith(_RUNNING)
             seen["restored"] |= template.startswith(_RESTORED)
 
-    dvc_logger = logging.getLogger("dvc")
+    dvc_logger, hints = logging.getLogger("dvc"), logging.getLogger(GIT_HINTS_LOGGER)
+    without_hints = WithoutHints()
     handlers = [Watch(level=logging.INFO), *([extra] if extra is not None else [])]
+    if extra is not None:
+        extra.addFilter(without_hints)
+    hints.addFilter(without_hints)
     for handler in handlers:
         dvc_logger.addHandler(handler)
     try:
@@ -235,6 +258,9 @@ def _dvc_log(extra: logging.Handler | None) -> Iterator[dict[str, bool]]:
     finally:
         for handler in handlers:
             dvc_logger.removeHandler(handler)
+        hints.removeFilter(without_hints)
+        if extra is not None:
+            extra.removeFilter(without_hints)
 
 
 @contextmanager

@@ -6,7 +6,10 @@ profile `split` drew for the champion, registered with it by `deploy` (never thi
 checkout's `data/reference`, which a refused candidate may have replaced):
 
 - **the decision** comes from the fast drift check (`pipeline.drift.check_drift`, over
-  the profile `split` precomputed) and, once enough labels are in, the champion's
+  the profile `split` precomputed) under the drift rule (pipeline/drift_rule.py:
+  calendar columns reported but not counted, each column weighed by the champion's
+  feature importance, prediction drift, the reference rows from the window's weeks of
+  the year) and, once enough labels are in, the champion's
   primary metric on the labelled rows against its test score (`pipeline.monitoring`);
 - **the report** is Evidently's `DataDriftPreset` plus prediction drift, saved as HTML
   and JSON to `reports/monitoring/<time>/`, logged to an MLflow run, and added to the
@@ -59,11 +62,20 @@ def load_champion(params: Any) -> Any:
     return monitored_champion(params.mlflow)
 
 
-@task(name="fast drift check", **_TASK)
-def fast_check(profile: Any, window: Any, drift_share: float) -> Any:
-    from pipeline.drift import check_drift
+@task(name="seasonal reference", **_TASK)
+def seasonal_reference(champion: Any, window: Any, config: Any, time_column: str | None) -> Any:
+    """The champion with the reference rows from the window's weeks of the year, when
+    the reference holds them; the drift check and the report both compare with those."""
+    from pipeline.monitoring import compared_champion
 
-    return check_drift(profile, window.features(profile.names), drift_share)
+    return compared_champion(champion, window, config, time_column)
+
+
+@task(name="fast drift check", **_TASK)
+def fast_check(champion: Any, window: Any, config: Any) -> Any:
+    from pipeline.monitoring import drift_check
+
+    return drift_check(champion, window, config)
 
 
 @task(name="quality check", **_TASK)
@@ -180,16 +192,21 @@ def monitoring_flow(
     params_file: str = "params.yaml",
     now: str | None = None,
     window_hours: float | None = None,
-) -> dict[str, Any]:
+) -> Any:
     """Check the newest window for drift; record the decision; emit the event on drift.
 
     `now` (ISO 8601) ends the window, by default the current time; `window_hours`
     overrides `monitor.window_hours` for this run (a backfill, a test).
     """
+    from flows.artifacts import monitoring_state, publish_monitoring
+
     root = Path(project).resolve()
     # Relative paths in params (the MLflow store, the log, the reports) are the project's.
     with contextlib.chdir(root):
-        return _monitor(root, params_file, now, window_hours)
+        record = _monitor(root, params_file, now, window_hours)
+    # For people: the decision as artifacts, and a state named for it ("Drift detected").
+    publish_monitoring(record)
+    return monitoring_state(record)
 
 
 def _monitor(
@@ -227,11 +244,12 @@ def _monitor(
     from pipeline.monitoring import decide
 
     champion = load_champion(params)
-    drift = fast_check(champion.profile, window, config.drift_share)
+    champion = seasonal_reference(champion, window, config, params.data.time_column)
+    drift = fast_check(champion, window, config)
     checked = quality(window, champion, config.min_labelled_rows)
     decision = decide(drift, checked, config)
-    record.update(decision.to_dict())
-    record.update(model_version=champion.served.version, columns=drift.to_dict()["columns"])
+    record.update(decision.to_dict())  # the rule, the reasons and the per-column table
+    record.update(model_version=champion.served.version)
     logger = get_run_logger()
     # The report and the MLflow run are for people: if either fails, the decision is
     # still recorded and acted on.

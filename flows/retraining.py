@@ -12,6 +12,12 @@ DVC-tracked batch, so that `ingest` adds them and the batch is part of the data 
 the run pushes; then it runs the training flow with `trigger: drift`. Deploy writes
 that trigger into the promotion record, and a server polling the registry picks up a
 new champion.
+
+The run ends in a Completed state named for the outcome: "Retraining refused:
+<guard>" (the most specific guard that applied: duplicate, too few rows, running,
+cooldown) or "Retrained: <the training's outcome>" on a drift alert, and the training's
+own outcome ("Promoted v3", "Nothing to do") otherwise; on a drift alert it publishes
+the guards' decision and its reason as the `retraining-decision` artifact.
 """
 
 from __future__ import annotations
@@ -23,8 +29,10 @@ from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import State
 
 from flows import _dvc
+from flows.artifacts import publish_retraining, retraining_state
 from flows.training import training_flow
 
 _TASK = {"cache_policy": NO_CACHE, "persist_result": False}
@@ -97,14 +105,17 @@ def retraining_flow(
     drift_share: float | None = None,
     report: str | None = None,
     params_file: str = "params.yaml",
-) -> dict[str, Any]:
+) -> State:
     """Run the training flow; on a drift alert, only if the guards allow it."""
     root = Path(project).resolve()
     with contextlib.chdir(root):
         if fingerprint is None:
-            return {"retrained": True, "training": training_flow(str(root), trigger, params_file)}
-        window = (window_start, window_end)
-        return _on_drift(root, fingerprint, rows, window, drift_share, report, params_file)
+            result = {"retrained": True, "training": training_flow(str(root), trigger, params_file)}
+        else:
+            window = (window_start, window_end)
+            result = _on_drift(root, fingerprint, rows, window, drift_share, report, params_file)
+            publish_retraining(result)
+    return retraining_state(result)
 
 
 def _on_drift(
@@ -137,9 +148,11 @@ def _on_drift(
     )
     outcome: dict[str, Any] = {
         "fingerprint": fingerprint,
+        "rows": rows,
         "drift_share": drift_share,
         "report": report,
         "reason": claim.reason,
+        "guards": list(claim.guards),
     }
     if not claim.allowed:
         logger.info("no retraining: %s", claim.reason)
@@ -162,6 +175,7 @@ def _on_drift(
             detail["rejected_batch"] = rejected
             logger.warning("the landed batch failed the data checks: moved to %s", rejected)
         ledger.finish(fingerprint, False, detail)
+        publish_retraining({**outcome, "retrained": False, "landed": landed}, detail["error"])
         raise
     deploy = summary.get("deploy") or {}
     ledger.finish(

@@ -18,7 +18,10 @@ every stage succeeds the flow pushes the outputs to the DVC remote, commits `dvc
 and the landing folder's `.dvc` files onto the branch, and pushes the branch to
 `origin` (`orchestrate.git_push`): any machine can then `git clone -b <branch>` and
 `dvc pull` this version. It returns a summary: the stages that ran and were skipped,
-the metrics, the gate, the deploy decision and the champion.
+the metrics, the gate, the deploy decision and the champion; the run ends in a
+Completed state named for the outcome ("Promoted v3", "Kept v2", "Refused: <why>",
+"Nothing to do") and publishes the summary, the stages and the gate's metrics as
+Prefect artifacts (`flows.artifacts`).
 
     python -m flows.training            # one run, against PREFECT_API_URL or an ephemeral API
 """
@@ -36,6 +39,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, State
 
 from flows import _dvc
+from flows.artifacts import publish_training, training_state
 from pipeline.errors import DriftlineError, TransientError
 
 if TYPE_CHECKING:
@@ -128,7 +132,8 @@ def run_stage(
 def _dvc_to_prefect() -> logging.Handler | None:
     """A handler that sends DVC's log lines ("Running stage", the command, "Updating
     lock file") to this run's logs in the Prefect UI; DVC prints them on the console
-    itself. None when PREFECT_LOGGING_EXTRA_LOGGERS already includes dvc."""
+    itself. DVC's git and push hints stay out (`_dvc.WithoutHints`). None when
+    PREFECT_LOGGING_EXTRA_LOGGERS already includes dvc."""
     from prefect.logging.handlers import APILogHandler
 
     if any(isinstance(handler, APILogHandler) for handler in logging.getLogger("dvc").handlers):
@@ -214,6 +219,20 @@ def _rooted(config: MlflowConfig, root: Path) -> MlflowConfig:
     return config.model_copy(update={"tracking_uri": uri, "artifact_location": artifacts})
 
 
+# What the summary keeps of reports/gate.json: the verdict and the numbers behind it.
+GATE_FIELDS = (
+    "passed",
+    "reason",
+    "primary_metric",
+    "candidate",
+    "champion",
+    "champion_version",
+    "improvement",
+    "min_improvement",
+    "floors",
+)
+
+
 @task(name="read results", **_TASK)
 def read_results(root: str) -> dict[str, Any]:
     """What the stages wrote: metrics/*.json, the gate, the deploy decision, and the
@@ -229,7 +248,7 @@ def read_results(root: str) -> dict[str, Any]:
     last = json.loads(lines[-1]) if lines else deploy
     return {
         "metrics": metrics,
-        "gate": {"passed": gate.get("passed"), "reason": gate.get("reason")} if gate else None,
+        "gate": {key: gate.get(key) for key in GATE_FIELDS} if gate else None,
         "deploy": (
             {key: deploy.get(key) for key in ("action", "version", "previous", "reason", "time")}
             if deploy
@@ -272,7 +291,7 @@ def training_flow(
     trigger: Trigger = "manual",
     params_file: str = "params.yaml",
     force: bool = False,
-) -> dict[str, Any]:
+) -> State:
     """Run the DVC stages of `project` in order; push and record the data version.
 
     `trigger` is why the run started (recorded by deploy); `params_file` is where the
@@ -316,6 +335,7 @@ def training_flow(
             summary.update(metrics=results["metrics"], champion=results["champion"])
             summary.update(gate=None, deploy=None, pushed=None, commit=None)
             transient = bool(getattr(error, "transient", False))
+            publish_training(summary, error=str(error))
             raise TrainingFailed(
                 f"{error}; ran: {', '.join(summary['ran']) or 'none'}; "
                 f"not run: {', '.join(summary['not_run']) or 'none'}. The stages from "
@@ -352,7 +372,8 @@ def training_flow(
         (summary["deploy"] or {}).get("action"),
         summary["champion"],
     )
-    return summary
+    publish_training(summary)
+    return training_state(summary)
 
 
 def _commit_message(summary: dict[str, Any]) -> str:

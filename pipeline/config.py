@@ -587,8 +587,18 @@ class MonitorConfig(Section):
     timezone: str = "UTC"
     window_hours: float = Field(default=168, gt=0, description="the newest production window")
     min_window_rows: int = Field(default=500, ge=1, description="smaller windows decide nothing")
-    # Drift: at least this share of the feature columns drifted (Evidently's default)...
+    # Drift: the drifted columns hold at least this share of the counted columns'
+    # weight (each weighs the champion's feature importance), or the predictions drifted
+    # (pipeline/drift_rule.py)...
     drift_share: float = Field(default=0.5, gt=0, le=1)
+    # Reported, never counted: columns that say when a row is, on a cycle longer than the
+    # window (clean's calendar features are such columns already)...
+    calendar_columns: list[str] = Field(default_factory=list)
+    # ...and columns the decision should not weigh for any other reason.
+    ignore_columns: list[str] = Field(default_factory=list)
+    # With a time column, compare a window with the reference rows from its own weeks of
+    # the year, when the reference holds them (pipeline/drift_rule.py).
+    seasonal_reference: bool = True
     # ...or the quality metric (evaluate.primary_metric) fell by more than this share
     # against the reference, once labels have arrived.
     max_metric_drop: float = Field(default=0.1, ge=0)

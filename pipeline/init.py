@@ -633,6 +633,23 @@ def _set_data_specific_keys(document: CommentedMap, choices: DataChoices) -> lis
         else:
             why = "inferred: classes: the baseline is the class priors"
         _put(evaluate, "baseline_groups", baseline, why)
+
+    monitor = document.get("monitor")
+    if isinstance(monitor, CommentedMap):
+        # The drift rule's lists name another data set's columns: keep this one's.
+        known = set(choices.schema.declared_columns())
+        known |= {f"{choices.time_column}_{part}" for part in choices.calendar_parts}
+        for key in ("calendar_columns", "ignore_columns"):
+            listed = monitor.get(key)
+            if not isinstance(listed, list):
+                continue
+            gone = [column for column in listed if column not in known]
+            if gone:
+                kept = [column for column in listed if column in known]
+                _put(monitor, key, kept, "init: the columns of this data only")
+                notes.append(
+                    f"monitor.{key}: removed {', '.join(map(str, gone))} (not in this data)"
+                )
     return notes
 
 

@@ -2,11 +2,15 @@
 
 `read_window` takes the newest `monitor.window_hours` of logged predictions, with the
 labels that have arrived for them (`driftline label` stores them under the log's
-`labels/` folder, or in the `labels` table of a SQL log's database). `quality_check`
-scores the labelled rows against the champion's registered test metric. `decide` turns
-the fast drift check and the quality check into one decision with its numbers; the
-monitoring flow (flows/monitoring.py) records it whichever way it goes and, on drift,
-emits the event that starts a retraining.
+`labels/` folder, or in the `labels` table of a SQL log's database). `compared_champion`
+picks the reference rows from the window's weeks of the year, and `drift_check`
+compares the window's features and predictions with them under the drift rule
+(pipeline/drift_rule.py: calendar and ignored columns reported, not counted; columns
+weighed by the champion's importance; prediction drift). `quality_check` scores
+the labelled rows against the champion's registered test metric. `decide` turns both
+into one decision with its numbers, its rule and its per-column table; the monitoring
+flow (flows/monitoring.py) records it whichever way it goes and, on drift, emits the
+event that starts a retraining.
 
 `Window.fingerprint` names a window by the request ids in it, so that many alerts for
 the same window start one retraining.
@@ -38,7 +42,8 @@ from pipeline.prediction_log import (
 
 if TYPE_CHECKING:
     from pipeline.config import MonitorConfig
-    from pipeline.drift import DriftResult
+    from pipeline.drift_rule import ModelDrift
+    from pipeline.served_champion import MonitoredChampion
 
 LABEL = "label"
 
@@ -178,31 +183,105 @@ def window_metrics(labelled: pd.DataFrame, task: str, classes: list[Any]) -> dic
     return classification_metrics(actual_codes, probabilities, predicted_codes, task)
 
 
+def window_predictions(window: Window, task: str) -> pd.Series:
+    """The predictions the champion served for the window: the logged value for a
+    regression, the logged class for a classifier."""
+    return window.frame["prediction_value" if task == "regression" else "prediction"]
+
+
+def window_times(window: Window, time_column: str | None) -> pd.Series | None:
+    """When each row of the window happened: its time column, sent with the request (a
+    context column of the log), else the time it was served."""
+    if not window.rows:
+        return None
+    if time_column and CONTEXT_PREFIX + time_column in window.frame.columns:
+        return window.frame[CONTEXT_PREFIX + time_column]
+    if time_column and time_column in window.frame.columns:  # a time feature
+        return window.frame[time_column]
+    return window.frame["timestamp"]
+
+
+def compared_champion(
+    champion: MonitoredChampion, window: Window, config: MonitorConfig, time_column: str | None
+) -> MonitoredChampion:
+    """The champion with the reference rows the window is compared with: those from the
+    window's weeks of the year when `monitor.seasonal_reference` is on, the data has a
+    time column and the reference covers those weeks (`seasonal_reference`); else the
+    whole sample. Its `reference_note` says which, and why."""
+    import dataclasses
+
+    from pipeline.drift import build_profile
+    from pipeline.drift_rule import seasonal_reference
+
+    if not config.seasonal_reference or not time_column:
+        why = "monitor.seasonal_reference is off" if time_column else "no data.time_column"
+        note = f"the whole reference sample ({len(champion.reference)} rows): {why}"
+        return dataclasses.replace(champion, reference_note=note)
+    reference = champion.reference
+    times = reference[time_column] if time_column in reference.columns else None
+    chosen = seasonal_reference(reference, times, window_times(window, time_column))
+    if not chosen.seasonal:
+        return dataclasses.replace(champion, reference_note=chosen.note)
+    profile = champion.profile
+    try:
+        seasonal = build_profile(chosen.rows, profile.numeric, profile.categorical)
+    except DataError as exc:  # a column with no values in those weeks
+        note = f"the whole reference sample ({len(reference)} rows): {exc}"
+        return dataclasses.replace(champion, reference_note=note)
+    return dataclasses.replace(
+        champion, reference=chosen.rows, profile=seasonal, reference_note=chosen.note
+    )
+
+
+def drift_check(champion: MonitoredChampion, window: Window, config: MonitorConfig) -> ModelDrift:
+    """The window against the champion's reference, under the drift rule: every feature
+    column's verdict (`check_drift`), each one's role and weight, and prediction drift
+    (the champion's predictions on the window against its predictions on the reference)."""
+    from pipeline.drift import check_drift
+    from pipeline.drift_rule import (
+        column_roles,
+        prediction_drift,
+        prediction_profile,
+        weigh_drift,
+    )
+
+    profile, served = champion.profile, champion.served
+    task = served.meta["task"]
+    verdicts = check_drift(profile, window.features(profile.names), config.drift_share)
+    derived = served.rules.derived if served.rules is not None else {}
+    roles = column_roles(profile.names, derived, config.calendar_columns, config.ignore_columns)
+    reference = prediction_profile(served.model.predict(champion.reference), task)
+    prediction = prediction_drift(reference, window_predictions(window, task), task)
+    importance = champion.importance.values if champion.importance is not None else None
+    return weigh_drift(verdicts, roles, importance, prediction, champion.reference_note)
+
+
 @dataclass(frozen=True)
 class Decision:
-    """Whether the window drifted, why, and the numbers behind it."""
+    """Whether the window drifted, why, the rule it was decided by, and the numbers
+    behind it: the weighted share, each column's verdict, role and weight, and the
+    prediction verdict."""
 
     drift: bool
     reasons: list[str]
+    rule: str
     drift_share: float
     drifted_columns: list[str]
+    columns: list[dict[str, Any]] = field(default_factory=list)
+    prediction: dict[str, Any] = field(default_factory=dict)
+    weights: str = "equal"
+    reference: str = "the whole reference sample"
     quality: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def decide(drift: DriftResult, quality: QualityCheck, config: MonitorConfig) -> Decision:
-    """Drift: at least `drift_share` of the columns drifted, or the metric fell by more
-    than `max_metric_drop`. The reasons say which, or why neither."""
-    reasons = []
-    drifted = list(drift.drifted_columns)
-    share_text = (
-        f"{len(drifted)} of {len(drift.columns)} columns drifted ({drift.share:.0%}; "
-        f"monitor.drift_share is {config.drift_share:.0%})"
-    )
-    by_share = drift.share >= config.drift_share
-    reasons.append(("data drift: " if by_share else "no data drift: ") + share_text)
+def decide(drift: ModelDrift, quality: QualityCheck, config: MonitorConfig) -> Decision:
+    """Drift: the drift rule found it (the weighted share of drifted counted columns
+    reached `drift_share`, or the predictions drifted), or the metric fell by more than
+    `max_metric_drop`. The reasons say which, or why none."""
+    reasons = drift.reasons()
     by_quality = bool(quality.judged and quality.drop is not None)
     by_quality = by_quality and quality.drop > config.max_metric_drop  # type: ignore[operator]
     if quality.judged:
@@ -213,11 +292,28 @@ def decide(drift: DriftResult, quality: QualityCheck, config: MonitorConfig) -> 
         )
     else:
         reasons.append(f"quality not judged: {quality.reason}")
+    seasons = (
+        "; a window is compared with the reference rows from its own weeks of the year, "
+        "when the reference holds them (monitor.seasonal_reference)"
+        if config.seasonal_reference
+        else ""
+    )
+    rule = (
+        f"{drift.rule}{seasons}; or, once monitor.min_labelled_rows labels are in, the "
+        f"primary metric fell more than {config.max_metric_drop:.0%} "
+        "(monitor.max_metric_drop) against test"
+    )
+    body = drift.to_dict()
     return Decision(
-        drift=by_share or by_quality,
+        drift=drift.drift or by_quality,
         reasons=reasons,
+        rule=rule,
         drift_share=drift.share,
-        drifted_columns=drifted,
+        drifted_columns=list(drift.drifted_columns),
+        columns=body["columns"],
+        prediction=body["prediction"],
+        weights=drift.weights,
+        reference=drift.reference,
         quality=quality.to_dict(),
     )
 

@@ -185,6 +185,11 @@ def _column_problems(params: Params, facts: SourceFacts | None) -> list[str]:
     groups = [c for c in params.evaluate.baseline_groups or [] if c not in known | derived]
     if groups:
         missing["evaluate.baseline_groups"] = groups
+    # The drift rule's lists name features, clean's calendar features among them.
+    for key in ("calendar_columns", "ignore_columns"):
+        unknown = [c for c in getattr(params.monitor, key) if c not in known | derived]
+        if unknown:
+            missing[f"monitor.{key}"] = unknown
     found = [f"{key}: {', '.join(columns)} not in {where}" for key, columns in missing.items()]
     if found and facts is not None:
         found.append(f"the data's columns are {_listing(facts.columns)}")

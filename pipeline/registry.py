@@ -23,6 +23,7 @@ PREVIOUS = "previous"
 # `driftline promote` says so.
 CHALLENGER = "challenger"
 REFERENCE_SAMPLE = "reference.parquet"  # split's file name in data/reference
+IMPORTANCE_FILE = "feature_importance.json"  # pipeline.importance's, in the version
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,9 @@ class RegisteredModel:
     # The reference sample and drift profile split drew for this model (deploy registers
     # them with it), so the monitor compares with the champion's, not a checkout's.
     reference_directory: Path | None = None
+    # The champion's feature importance (evaluate's), which weighs each column's drift;
+    # None for a version registered before it travelled with the model.
+    importance_file: Path | None = None
 
     def load(self) -> TabularModel:
         from pipeline.models import load_model
@@ -73,6 +77,7 @@ def fetch_alias(config: MlflowConfig, alias: str, into: Path) -> RegisteredModel
     native = [folder for folder in folders if not (folder / "model.onnx").exists()]
     exported = [folder for folder in folders if (folder / "model.onnx").exists()]
     references = [path.parent for path in sorted(local.rglob(REFERENCE_SAMPLE))]
+    importance = sorted(local.rglob(IMPORTANCE_FILE))
     if not native:
         raise DataError(
             f"registry version {version.version} of {config.registered_model!r} holds no "
@@ -86,6 +91,7 @@ def fetch_alias(config: MlflowConfig, alias: str, into: Path) -> RegisteredModel
         directory=native[0],
         onnx_directory=exported[0] if exported else None,
         reference_directory=references[0] if references else None,
+        importance_file=importance[0] if importance else None,
     )
 
 

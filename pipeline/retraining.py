@@ -9,11 +9,16 @@ folder on one machine. `claim` reads the ledger, decides whether an alert may st
 retraining and writes the decision down, all under one lock that serialises claims (a
 PostgreSQL advisory lock, SQLite's write lock, or an exclusive file lock):
 
-- the window must hold at least `monitor.min_window_rows` rows;
 - a window (by its fingerprint, the hash of its request ids) is retrained at most once:
   ten alerts for the same window start one retraining;
+- the window must hold at least `monitor.min_window_rows` rows;
 - no retraining may start while another is running, nor within `monitor.cooldown_minutes`
   of the last one that started.
+
+A refusal names every guard that applied, the most specific first (`GUARDS`' order), so
+a repeated alert that also falls in the cooldown reads "duplicate" before "cooldown".
+An alert for a window whose earlier alert was refused, or whose retraining failed, is a
+duplicate too, but that alone refuses nothing: what refused it then may be gone now.
 
 Prefect's concurrency limit on the retraining deployment keeps two runs from starting
 at once; the ledger makes the decision durable and explains it.
@@ -51,10 +56,19 @@ LOCK_WAIT = timedelta(seconds=30)
 CONNECT_TIMEOUT_SECONDS = 10
 
 
+# The guards, the most specific first: this very window, its size, then the others'.
+DUPLICATE, TOO_FEW_ROWS, RUNNING, COOLDOWN = "duplicate", "too few rows", "running", "cooldown"
+GUARDS = (DUPLICATE, TOO_FEW_ROWS, RUNNING, COOLDOWN)
+
+
 @dataclass(frozen=True)
 class Claim:
+    """A claim's decision. `guards` are the guards that applied to a refusal, most
+    specific first; `reason` says each one, in the same order."""
+
     allowed: bool
     reason: str
+    guards: tuple[str, ...] = ()
 
 
 class RetrainingLedger:
@@ -103,57 +117,66 @@ class RetrainingLedger:
         now = now or datetime.now(UTC)
         with self._locked():
             claim = self._decide(fingerprint, rows, min_rows, cooldown, now)
-            status = STARTED if claim.allowed else REFUSED
-            self._append(
-                {
-                    "time": now.isoformat(),
-                    "fingerprint": fingerprint,
-                    "status": status,
-                    "reason": claim.reason,
-                    "rows": rows,
-                    "run": run,
-                }
-            )
+            entry = {
+                "time": now.isoformat(),
+                "fingerprint": fingerprint,
+                "status": STARTED if claim.allowed else REFUSED,
+                "reason": claim.reason,
+                "rows": rows,
+                "run": run,
+            }
+            if claim.guards:
+                entry["guards"] = list(claim.guards)
+            self._append(entry)
         return claim
 
     def _decide(
         self, fingerprint: str, rows: int, min_rows: int, cooldown: timedelta, now: datetime
     ) -> Claim:
-        if rows < min_rows:
-            return Claim(False, f"the window holds {rows} rows, fewer than {min_rows}")
-        states = self._states()
+        """Every guard that applies, in `GUARDS`' order; refused if any of them blocks."""
+        applied: dict[str, str] = {}  # guard -> what it says, in GUARDS' order
+        blocked = False
+        entries = self.entries()
+        states = _states(entries)
         mine = states.get(fingerprint)
+        earlier = _last_alert(entries, fingerprint)
         if mine is not None and mine["status"] in (STARTED, DONE):
-            return Claim(
-                False,
+            applied[DUPLICATE] = (
                 f"window {fingerprint} has a retraining already ({mine['status']}, started "
-                f"{mine['started']}): a duplicate alert",
+                f"{mine['started']}): a duplicate alert"
             )
-        for other, state in states.items():
-            if state["status"] == STARTED and now - _started(state) < STALE_AFTER:
-                return Claim(False, f"the retraining for window {other} is still running")
+            blocked = True
+        elif earlier is not None:
+            # Said when something else refuses; alone it refuses nothing.
+            applied[DUPLICATE] = f"window {fingerprint} was alerted before ({earlier})"
+        if rows < min_rows:
+            applied[TOO_FEW_ROWS] = f"the window holds {rows} rows, fewer than {min_rows}"
+            blocked = True
+        running = [
+            other
+            for other, state in states.items()
+            if other != fingerprint
+            and state["status"] == STARTED
+            and now - _started(state) < STALE_AFTER
+        ]
+        if running:
+            applied[RUNNING] = f"the retraining for window {running[0]} is still running"
+            blocked = True
         if states:  # failed retrainings count too: a failing one is not retried every hour
             last = max(states.values(), key=_started)
             ready = _started(last) + cooldown
             if now < ready:
-                return Claim(
-                    False,
-                    f"cooldown: the last retraining started at {last['started']}; the next may "
-                    f"start after {ready.isoformat()} (monitor.cooldown_minutes)",
+                applied[COOLDOWN] = (
+                    f"the last retraining started at {last['started']} and the next may start "
+                    f"after {ready.isoformat()} (monitor.cooldown_minutes)"
                 )
-        return Claim(True, f"window {fingerprint} drifted: retraining")
-
-    def _states(self) -> dict[str, dict[str, Any]]:
-        """Per window: when its retraining last started, and how it ended (refusals do
-        not count)."""
-        states: dict[str, dict[str, Any]] = {}
-        for entry in self.entries():
-            fingerprint, status = entry["fingerprint"], entry["status"]
-            if status == STARTED:
-                states[fingerprint] = {"status": STARTED, "started": entry["time"]}
-            elif status in (DONE, FAILED) and fingerprint in states:
-                states[fingerprint]["status"] = status
-        return states
+                blocked = True
+        if blocked:
+            guards = tuple(guard for guard in GUARDS if guard in applied)
+            reason = "; ".join(f"{guard}: {applied[guard]}" for guard in guards)
+            return Claim(False, reason, guards)
+        again = f" (its last alert: {earlier})" if earlier is not None else ""
+        return Claim(True, f"window {fingerprint} drifted: retraining{again}")
 
     def finish(self, fingerprint: str, ok: bool, detail: dict[str, Any]) -> None:
         with self._locked():
@@ -165,6 +188,30 @@ class RetrainingLedger:
                     **detail,
                 }
             )
+
+
+def _states(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per window: when its retraining last started, and how it ended (refusals do not
+    count)."""
+    states: dict[str, dict[str, Any]] = {}
+    for entry in entries:
+        fingerprint, status = entry["fingerprint"], entry["status"]
+        if status == STARTED:
+            states[fingerprint] = {"status": STARTED, "started": entry["time"]}
+        elif status in (DONE, FAILED) and fingerprint in states:
+            states[fingerprint]["status"] = status
+    return states
+
+
+def _last_alert(entries: list[dict[str, Any]], fingerprint: str) -> str | None:
+    """How the last alert for `fingerprint` ended, or None if this is the first."""
+    for entry in reversed(entries):
+        if entry["fingerprint"] == fingerprint:
+            if entry["status"] != REFUSED:
+                return f"retraining {entry['status']} at {entry['time']}"
+            guards = ", ".join(entry.get("guards") or [])
+            return f"refused at {entry['time']}{f': {guards}' if guards else ''}"
+    return None
 
 
 def _started(state: dict[str, Any]) -> datetime:

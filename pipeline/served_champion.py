@@ -4,7 +4,8 @@
 ONNX folder (never a pickle), with the metrics and data version the version was
 registered with. `champion_version` is the cheap check the server polls.
 `monitored_champion` adds the reference sample and drift profile registered with the
-version, which the monitor compares production windows with.
+version, which the monitor compares production windows with, and the feature importance
+registered with it, which weighs each column's drift.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from pipeline.config import MlflowConfig
 from pipeline.errors import DataError
+from pipeline.importance import FeatureImportance
 from pipeline.promotions import RegistryError
 from pipeline.registry import (
     CHAMPION,
@@ -61,6 +63,10 @@ class MonitoredChampion:
     served: ServedModel
     profile: DriftProfile
     reference: pd.DataFrame
+    importance: FeatureImportance | None = None  # None: registered before it travelled
+    # Which rows `reference` holds: the whole sample, or the window's weeks of the year
+    # (pipeline.monitoring.compared_champion).
+    reference_note: str = "the whole reference sample"
 
 
 def monitored_champion(config: MlflowConfig) -> MonitoredChampion:
@@ -78,10 +84,12 @@ def monitored_champion(config: MlflowConfig) -> MonitoredChampion:
                 "sample (by an older Driftline): promote a new version so that the monitor "
                 "compares with the champion's own reference"
             )
+        importance_file = fetched.registered.importance_file
         return MonitoredChampion(
             fetched.served,
             read_profile(folder / "drift_profile"),
             pd.read_parquet(folder / REFERENCE_SAMPLE),
+            FeatureImportance.read(importance_file) if importance_file is not None else None,
         )
 
 

@@ -6,9 +6,10 @@ API that `driftline up` started, with their key and time as context; their label
 arrive `label_delay_days` later (`driftline label`'s store). Every `check_days` the
 `monitoring` deployment runs on the traffic since the last check that decided
 something; on drift, the monitor's event starts the `training` deployment, whose
-guards, retraining, gate and promotion follow. The simulation waits for that run, then
-for the server to serve a new champion, and ends with what happened and where the
-reports are.
+guards, retraining, gate and promotion follow. The simulation waits for that run,
+saying every 30 s which flow run it waits on, its state and its current stage, then for
+the server to serve a new champion, and ends with what happened and where the reports
+are.
 """
 
 from __future__ import annotations
@@ -160,18 +161,108 @@ def run_monitoring(root: Path, since: datetime, reports: Path) -> dict[str, Any]
     return json.loads(decisions[-1])
 
 
+@dataclass(frozen=True)
+class RetrainingProgress:
+    """Where the retraining a drift alert started is, as Prefect has it: its flow run
+    (None before the trigger has made one), the run's state, and its newest task (the
+    training's current stage)."""
+
+    run: str | None = None
+    state: str | None = None
+    stage: str | None = None
+
+
+def retraining_progress(started_after: datetime, run_id: str | None) -> RetrainingProgress:
+    """The retraining's flow run: the one the ledger names (`run_id`), or else the newest
+    `retraining` run scheduled after the alert (the ledger names it once the guards have
+    decided); the training flow runs inside it as a subflow, whose tasks are the stages."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterExpectedStartTime,
+        FlowRunFilterId,
+        FlowRunFilterParentFlowRunId,
+    )
+    from prefect.client.schemas.sorting import FlowRunSort, TaskRunSort
+
+    with get_client(sync_client=True) as client:
+        if run_id is not None:
+            found = FlowRunFilter(id=FlowRunFilterId(any_=[UUID(run_id)]))
+            runs = client.read_flow_runs(flow_run_filter=found)
+        else:
+            runs = client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=[TRAINING_FLOW])),
+                flow_run_filter=FlowRunFilter(
+                    expected_start_time=FlowRunFilterExpectedStartTime(after_=started_after)
+                ),
+                sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+                limit=1,
+            )
+        if not runs:
+            return RetrainingProgress()
+        run = runs[0]
+        children = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id])
+            )
+        )
+        tasks = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[run.id, *(child.id for child in children)])
+            ),
+            sort=TaskRunSort.EXPECTED_START_TIME_DESC,
+            limit=1,
+        )
+    state = run.state.name if run.state is not None else None
+    return RetrainingProgress(run.name, state, tasks[0].name if tasks else None)
+
+
+def progress_line(progress: RetrainingProgress, seconds: float) -> str:
+    """What `driftline simulate` prints while it waits for a retraining."""
+    waited = f"{int(seconds) // 60}m{int(seconds) % 60:02d}s"
+    if progress.run is None:
+        return (
+            f"waiting for the retraining ({waited}): no retraining flow run yet (the drift "
+            "event's trigger makes one; a worker must be running: `driftline up`)"
+        )
+    where = f"{progress.state}, at {progress.stage}" if progress.stage else progress.state
+    return f"waiting for the retraining ({waited}): flow run {progress.run} is {where}"
+
+
 def wait_for_retraining(
-    started_after: datetime, ledger: RetrainingLedger, timeout: float = 1800
+    started_after: datetime,
+    ledger: RetrainingLedger,
+    report: Callable[[str], None] | None = None,
+    timeout: float = 1800,
+    every: float = 30,
+    poll: float = 2,
+    progress: Callable[[datetime, str | None], RetrainingProgress] = retraining_progress,
 ) -> dict[str, Any]:
-    """The retraining the drift event started: wait for it to finish; its ledger line."""
-    deadline = time.monotonic() + timeout
+    """The retraining the drift event started: wait for it to finish; its ledger line.
+    Every `every` seconds, `report` gets which flow run it waits on and where that is."""
+    began = time.monotonic()
+    deadline, next_report = began + timeout, began + every
     while time.monotonic() < deadline:
+        run_id = None
         for entry in reversed(ledger.entries()):
             if datetime.fromisoformat(entry["time"]) < started_after:
                 break
             if entry["status"] in ("done", "failed", "refused"):
                 return entry
-        time.sleep(2)
+            run_id = run_id or entry.get("run")
+        if report is not None and time.monotonic() >= next_report:
+            try:
+                found = progress(started_after, run_id)
+            except Exception as exc:  # the Prefect API busy or gone: keep waiting
+                report(f"waiting for the retraining: its progress is unknown ({exc})")
+            else:
+                report(progress_line(found, time.monotonic() - began))
+            next_report = time.monotonic() + every
+        time.sleep(poll)
     raise StackError("no retraining finished in time: see the Prefect UI and .driftline/logs/")
 
 
@@ -234,7 +325,7 @@ def simulate(
             report("drift: the training deployment was triggered; waiting for the retraining")
             started = datetime.fromisoformat(decision["time"])
             ledger = open_ledger(log, reports / "retrainings.jsonl", private)
-            entry = wait_for_retraining(started, ledger)
+            entry = wait_for_retraining(started, ledger, report)
             outcome.retrainings.append(entry)
             report(retraining_line(entry))
             champion = _champion_in_registry(params)

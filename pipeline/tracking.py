@@ -27,6 +27,7 @@ from pipeline.secrets import mask_url, redact
 from pipeline.stores import prepare_store
 
 if TYPE_CHECKING:
+    from pipeline.importance import FeatureImportance
     from pipeline.models import TabularModel
 
 DVC_LOCK = Path("dvc.lock")
@@ -227,13 +228,17 @@ def log_model(
     onnx_dir: Path | None = None,
     name: str = "model",
     reference_dir: Path | None = None,
+    importance: FeatureImportance | None = None,
 ) -> str:
     """Log the model folder as an MLflow pyfunc model that takes raw columns.
 
     The signature, input example and requirements are passed in, so MLflow neither
     infers them by running the model nor resolves the environment (that takes seconds).
-    Returns the model URI.
+    `reference_dir` and `importance` are what the monitor needs: they travel with the
+    model. Returns the model URI.
     """
+    import tempfile
+
     import mlflow
     from mlflow.models import infer_signature
 
@@ -249,14 +254,17 @@ def log_model(
         artifacts["onnx"] = str(onnx_dir)  # what serving loads
     if reference_dir is not None:
         artifacts["reference"] = str(reference_dir)  # what the monitor compares with
-    info = mlflow.pyfunc.log_model(
-        name=name,
-        python_model=str(Path(__file__).with_name("mlflow_model.py")),
-        artifacts=artifacts,
-        signature=signature,
-        input_example=example,
-        pip_requirements=_requirements(model.family),
-    )
+    with tempfile.TemporaryDirectory(prefix="driftline-importance-") as scratch:
+        if importance is not None:  # how the monitor weighs each column's drift
+            artifacts["importance"] = str(importance.write(Path(scratch) / "importance").parent)
+        info = mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(Path(__file__).with_name("mlflow_model.py")),
+            artifacts=artifacts,
+            signature=signature,
+            input_example=example,
+            pip_requirements=_requirements(model.family),
+        )
     return info.model_uri
 
 

@@ -1,9 +1,10 @@
 """deploy: register the candidate and move `champion` to it, only if the gate passed.
 
-The registered version carries the native model, its ONNX export and the reference
-sample and drift profile split drew for it (what the monitor compares production with),
-tagged with the git commit, the data version, the model's hash and its test metrics. The
-old champion becomes `previous`. Every outcome, a promotion or a refusal with its
+The registered version carries the native model, its ONNX export, the reference
+sample and drift profile split drew for it (what the monitor compares production with)
+and evaluate's feature importance (how the monitor weighs each column's drift), tagged
+with the git commit, the data version, the model's hash and its test metrics. The old
+champion becomes `previous`. Every outcome, a promotion or a refusal with its
 numbers, is a line in `reports/promotions.jsonl`; `reports/deploy.json` holds the last.
 
 The gate is trusted only if it was decided against the champion the registry holds
@@ -27,6 +28,7 @@ from pipeline.artifacts import folder_digest, read_json, read_stage_input, write
 from pipeline.config import DEFAULT_PARAMS, load_params
 from pipeline.console import report_user_errors, say
 from pipeline.errors import DataError
+from pipeline.importance import FeatureImportance
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,9 @@ def decide(
 def main(
     params: Annotated[Path, typer.Option(help="The params file.")] = DEFAULT_PARAMS,
     gate: Annotated[Path, typer.Option(help="The gate's decision.")] = Path("reports/gate.json"),
+    evaluation: Annotated[
+        Path, typer.Option(help="evaluate's report (the feature importance).")
+    ] = Path("reports/evaluation.json"),
     model: Annotated[Path, typer.Option(help="The candidate model.")] = Path("models/tuned"),
     compressed: Annotated[Path, typer.Option(help="Its ONNX export.")] = Path("models/compressed"),
     split: Annotated[Path, typer.Option(help="The split (an input example).")] = Path("data/split"),
@@ -80,6 +85,7 @@ def main(
     loaded = load_params(params)
     config = loaded.mlflow
     decided = read_json(gate, "evaluate")
+    importance = FeatureImportance.from_evaluation(read_json(evaluation, "evaluate"))
     if not (compressed / "model.onnx").exists():
         raise DataError(f"{compressed}/model.onnx does not exist: run the compress stage first")
     if not (reference / "reference.parquet").exists() or not (reference / "drift_profile").is_dir():
@@ -116,6 +122,7 @@ def main(
                     onnx_dir=compressed,
                     name="deployable",
                     reference_dir=reference,
+                    importance=importance,
                 )
                 if latency.exists():  # timings: a record of this host, not a DVC output
                     mlflow.log_dict(read_json(latency, "compress"), "compression/latency.json")

@@ -20,9 +20,10 @@ from typing import Any
 
 import pandas as pd
 import pytest
+import yaml
 
 from tests.conftest import REPO, Project
-from tests.flows.conftest import dvc
+from tests.flows.conftest import dvc, small_project
 
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
 PROFILE = "data/reference/drift_profile"
@@ -113,6 +114,28 @@ def monitor(project: Project) -> dict[str, Any]:
     return monitoring_flow(str(project.root), now=NOW.isoformat(), window_hours=1)
 
 
+def monitor_state(project: Project) -> Any:
+    from flows.monitoring import monitoring_flow
+
+    return monitoring_flow(
+        str(project.root), now=NOW.isoformat(), window_hours=1, return_state=True
+    )
+
+
+def published(state: Any) -> dict[str, Any]:
+    """The artifacts a flow run published, by key: a table's rows, a markdown's text."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    run = ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=run))
+    return {
+        artifact.key: json.loads(artifact.data) if artifact.type == "table" else artifact.data
+        for artifact in found
+    }
+
+
 def decisions(project: Project) -> list[dict[str, Any]]:
     path = project.root / "reports/monitoring/decisions.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()]
@@ -150,8 +173,14 @@ def read_window(project: Project) -> Any:
 def test_a_window_too_small_decides_nothing_and_says_so(shipped: Project, emitted: Any) -> None:
     log_traffic(shipped, traffic(shipped, 40, drifted=True), NOW - timedelta(minutes=5))
 
-    record = monitor(shipped)
+    state = monitor_state(shipped)
 
+    record = state.result()
+    assert state.is_completed() and state.name == "Too few rows"
+    artifacts = published(state)
+    assert list(artifacts) == ["monitoring-summary"]  # nothing checked: no drift table
+    assert artifacts["monitoring-summary"].startswith("# Too few rows\n")
+    assert "fewer than monitor.min_window_rows (500)" in artifacts["monitoring-summary"]
     assert record["drift"] is False and record["window"]["rows"] == 40
     assert record["reasons"] == [
         "the window holds 40 rows, fewer than monitor.min_window_rows (500): nothing decided"
@@ -166,11 +195,32 @@ def test_drift_without_labels_is_decided_on_the_data_alone(
 ) -> None:
     log_traffic(monitored, traffic(monitored, 120, drifted=True), NOW - timedelta(minutes=5))
 
-    record = monitor(monitored)
+    state = monitor_state(monitored)
 
+    record = state.result()
+    assert state.is_completed() and state.name == "Drift detected"
+    assert state.message == "; ".join(record["reasons"])
+    artifacts = published(state)
+    # The drift table: every column of the decision record, as the record has it.
+    table = artifacts["monitoring-drift"]
+    assert [row["column"] for row in table[: len(record["columns"])]] == [
+        column["column"] for column in record["columns"]
+    ]
+    for row, column in zip(table, record["columns"], strict=False):
+        assert row["method"] == column["method"] and row["drifted"] is column["drifted"]
+        assert row["statistic"] == pytest.approx(column["statistic"], rel=1e-4)
+        assert row["threshold"] == pytest.approx(column["threshold"], rel=1e-4)
+    summary = artifacts["monitoring-summary"]
+    assert summary.startswith("# Drift detected\n")
+    assert "- **retraining**: requested: the driftline.drift.detected event" in summary
+    assert "- **quality**: not judged: 0 labelled rows" in summary
+    assert f"- **MLflow run**: {record['mlflow_run']}" in summary
     assert record["drift"] is True and record["window"]["labelled"] == 0
     assert record["quality"]["judged"] is False
-    assert "quality not judged: 0 labelled rows, fewer than" in record["reasons"][1]
+    assert any(
+        reason.startswith("quality not judged: 0 labelled rows, fewer than")
+        for reason in record["reasons"]
+    )
     assert record["files"] is not None and record["mlflow_run"] is not None
     [event] = emitted("driftline.drift.detected")
     assert event.payload["fingerprint"] == record["window"]["fingerprint"]
@@ -237,8 +287,11 @@ def test_the_monitor_compares_with_the_champions_reference_not_the_checkouts(
         build_profile(shifted, profile.numeric, profile.categorical), folder / "drift_profile"
     )
 
-    record = monitor(monitored)
+    state = monitor_state(monitored)
 
+    record = state.result()
+    assert state.is_completed() and state.name == "No drift"
+    assert published(state)["monitoring-summary"].startswith("# No drift\n")
     assert record["drift"] is False, record["reasons"]
     assert record["model_version"] == "1" and record["drift_share"] < 0.5
     assert record["files"] is not None  # the report, too, used the champion's reference
@@ -280,6 +333,39 @@ def test_a_champion_registered_without_its_reference_is_one_clear_error(
 # --- retraining -----------------------------------------------------------------------
 
 
+def test_a_repeated_alert_in_the_cooldown_is_refused_as_a_duplicate(
+    monitored: Project,
+) -> None:
+    """The guards' decision is the run's state and its artifact: duplicate first."""
+    from pipeline.retraining import open_ledger
+    from pipeline.simulate import retraining_progress
+
+    ledger_now = open_ledger(monitored.store_url, monitored.root / "unused.jsonl")
+    alert = datetime.now(UTC)
+    assert ledger_now.claim("w0", 1000, min_rows=100, cooldown=timedelta(hours=6)).allowed
+    ledger_now.finish("w0", True, {"champion": "1"})
+    window = {"fingerprint": "w1", "rows": 1000, "start": NOW.isoformat(), "end": NOW.isoformat()}
+    first = retrain(monitored, window)
+    assert first.is_completed() and first.name == "Retraining refused: cooldown"
+
+    again = retrain(monitored, window)
+
+    assert again.is_completed() and again.name == "Retraining refused: duplicate"
+    result = again.result()
+    assert result["retrained"] is False and result["guards"] == ["duplicate", "cooldown"]
+    assert again.message == result["reason"] and result["reason"].startswith("duplicate: ")
+    decision = published(again)["retraining-decision"]
+    assert decision.startswith("# Retraining refused: duplicate\n")
+    assert "- **guards that applied**: duplicate, cooldown" in decision
+    assert f"- **reason**: {result['reason']}" in decision
+    refused = ledger(monitored)[-1]
+    assert refused["status"] == "refused" and refused["guards"] == ["duplicate", "cooldown"]
+    # What `driftline simulate` prints while it waits: the run, by the ledger or by time.
+    named = retraining_progress(alert, str(again.state_details.flow_run_id))
+    assert (named.run, named.state) == ("retraining-drift", "Retraining refused: duplicate")
+    assert retraining_progress(alert, None).state == "Retraining refused: duplicate"
+
+
 def test_a_window_with_no_labelled_rows_lands_nothing(monitored: Project) -> None:
     log_traffic(monitored, traffic(monitored, 120, drifted=True), NOW - timedelta(minutes=5))
     window = read_window(monitored).describe()
@@ -288,6 +374,10 @@ def test_a_window_with_no_labelled_rows_lands_nothing(monitored: Project) -> Non
 
     assert state.is_failed()
     assert "has no labelled rows yet" in state.message
+    decision = published(state)["retraining-decision"]
+    assert decision.startswith("# Retraining failed\n")
+    assert "- **decision**: retrain" in decision
+    assert "- **error**: window " in decision and "has no labelled rows yet" in decision
     [started, failed] = ledger(monitored)
     assert started["status"] == "started" and failed["status"] == "failed"
     assert "has no labelled rows yet" in failed["error"]
@@ -322,3 +412,154 @@ def test_a_landed_batch_the_data_checks_refuse_moves_to_rejected(monitored: Proj
     assert failed["rejected_batch"].endswith(f"rejected/production-{fingerprint}.parquet")
     promotions = (root / "reports/promotions.jsonl").read_text().splitlines()
     assert [json.loads(line)["version"] for line in promotions] == ["1"]
+
+
+# --- training -------------------------------------------------------------------------
+
+GATE = {
+    "passed": True,
+    "reason": "beats the champion: rmse 86.4 vs champion v2 92.4 (+6.52%, needs +1.00%)",
+    "primary_metric": "rmse",
+    "candidate": {"r2": 0.81, "rmse": 86.4},
+    "champion": {"r2": 0.78, "rmse": 92.4},
+    "champion_version": "2",
+    "improvement": 0.0652,
+    "min_improvement": 0.01,
+    "floors": {"r2": {"bound": 0.7, "kind": "min", "value": 0.81, "met": True}},
+}
+PROMOTE = {"action": "promote", "version": "3", "previous": "2", "reason": GATE["reason"]}
+REFUSE = {
+    "action": "refuse",
+    "version": None,
+    "previous": "2",
+    "reason": "gate refused: does not beat the champion by enough: rmse 92.0 vs champion v2 "
+    "92.4 (+0.43%, needs +1.00%)",
+}
+COPY = "python -c \"import shutil; shutil.copy('{0}', 'reports/{0}')\""
+
+
+def judged_project(root: Path, deploy: dict[str, Any]) -> Path:
+    """Two quick stages, then `evaluate` and `deploy` stand-ins that write the gate and
+    the decision a real run would: the flow reads them as it reads the real ones."""
+    small_project(root, exit_code=0, failures=0)
+    (root / "reports").mkdir()
+    (root / "gate.json").write_text(json.dumps(GATE))
+    (root / "deploy.json").write_text(json.dumps(deploy))
+    pipeline = yaml.safe_load((root / "dvc.yaml").read_text())
+    pipeline["stages"]["evaluate"] = {
+        "cmd": COPY.format("gate.json"),
+        "deps": ["out.txt", "gate.json"],
+        "outs": ["reports/gate.json"],
+    }
+    pipeline["stages"]["deploy"] = {
+        "cmd": COPY.format("deploy.json"),
+        "deps": ["reports/gate.json", "deploy.json"],
+        "outs": ["reports/deploy.json"],
+    }
+    (root / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    return root
+
+
+def train(root: Path) -> Any:
+    from flows.training import training_flow
+
+    return training_flow(str(root), return_state=True)
+
+
+@pytest.mark.parametrize(
+    ("deploy", "outcome"),
+    [(PROMOTE, "Promoted v3"), (REFUSE, "Refused: does not beat the champion by enough")],
+)
+def test_a_training_run_names_its_outcome_and_publishes_the_gates_numbers(
+    tmp_path: Path, deploy: dict[str, Any], outcome: str
+) -> None:
+    state = train(judged_project(tmp_path / "judged", deploy))
+
+    assert state.is_completed() and state.name == outcome
+    assert state.message == deploy["reason"]
+    summary = state.result()  # the summary, as before
+    assert summary["deploy"]["action"] == deploy["action"]
+    assert summary["gate"]["improvement"] == GATE["improvement"]
+    artifacts = published(state)
+    assert set(artifacts) == {"training-summary", "training-stages", "training-metrics"}
+    stages = artifacts["training-stages"]
+    assert [(row["stage"], row["status"], row["reason"]) for row in stages] == [
+        ("prepare", "ran", "changed"),
+        ("flaky", "ran", "changed"),
+        ("evaluate", "ran", "changed"),
+        ("deploy", "ran", "changed"),
+    ]
+    # The primary metric first, with the gain the gate measured and needed.
+    assert artifacts["training-metrics"] == [
+        {
+            "metric": "rmse",
+            "candidate": 86.4,
+            "champion": 92.4,
+            "improvement": "+6.52%",
+            "needed": "+1.00%",
+            "floor": None,
+            "meets floor": None,
+        },
+        {
+            "metric": "r2",
+            "candidate": 0.81,
+            "champion": 0.78,
+            "improvement": None,
+            "needed": None,
+            "floor": ">= 0.7",
+            "meets floor": True,
+        },
+    ]
+    markdown = artifacts["training-summary"]
+    assert markdown.startswith(f"# {outcome}\n")
+    assert f"- **gate**: passed: {GATE['reason']}" in markdown
+    assert f"- **deploy**: {deploy['action']}" in markdown
+    assert "## Metrics against the champion (champion v2)" in markdown
+
+
+def test_a_manual_retraining_is_named_for_its_training(tmp_path: Path) -> None:
+    from flows.retraining import retraining_flow
+
+    root = judged_project(tmp_path / "judged", PROMOTE)
+
+    state = retraining_flow(str(root), return_state=True)
+
+    assert state.is_completed() and state.name == "Promoted v3"
+    result = state.result()  # the training subflow's summary inside, as before
+    assert result["retrained"] is True and result["training"]["deploy"]["action"] == "promote"
+    assert published(state) == {}  # no alert, no guards: the training run has the artifacts
+
+
+def test_a_run_with_nothing_to_change_says_so(tmp_path: Path) -> None:
+    root = small_project(tmp_path / "small", exit_code=0, failures=0)
+    first = train(root)
+    assert first.is_completed() and first.name == "Ran 2 stages"
+
+    again = train(root)
+
+    assert again.is_completed() and again.name == "Nothing to do"
+    assert again.result()["skipped"] == ["prepare", "flaky"]
+    artifacts = published(again)
+    assert "training-metrics" not in artifacts  # no gate in this project
+    assert [(row["status"], row["reason"]) for row in artifacts["training-stages"]] == [
+        ("skipped", "unchanged"),
+        ("skipped", "unchanged"),
+    ]
+    assert artifacts["training-summary"].startswith("# Nothing to do\n")
+    assert "- **stages**: 0 ran, 2 skipped" in artifacts["training-summary"]
+
+
+def test_a_failed_training_run_still_shows_which_stage_failed(tmp_path: Path) -> None:
+    root = small_project(tmp_path / "small", exit_code=1, failures=1)
+
+    state = train(root)
+
+    assert state.is_failed()
+    artifacts = published(state)
+    assert artifacts["training-summary"].startswith("# Failed at flaky\n")
+    stages = artifacts["training-stages"]
+    assert [(row["stage"], row["status"]) for row in stages] == [
+        ("prepare", "ran"),
+        ("flaky", "failed"),
+    ]
+    assert "exited with 1: error: attempt 1 failed" in stages[1]["reason"]

@@ -8,6 +8,7 @@ was and the next run resumes.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from uuid import UUID
 
 import pytest
 import typer
+import yaml
 
 from pipeline.console import report_user_errors
 from pipeline.errors import TransientError
@@ -57,6 +59,20 @@ def task_runs(flow_run_id: UUID, expected: int, timeout: float = 120) -> dict[st
             time.sleep(0.5)
 
 
+def artifacts(flow_run_id: UUID) -> dict[str, Any]:
+    """The flow run's artifacts by key: a table's rows, a markdown's text."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    run = ArtifactFilterFlowRunId(any_=[flow_run_id])
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=run))
+    return {
+        artifact.key: json.loads(artifact.data) if artifact.type == "table" else artifact.data
+        for artifact in found
+    }
+
+
 def flow_run_state(flow_run_id: UUID) -> Any:
     from prefect.client.orchestration import get_client
 
@@ -76,6 +92,9 @@ def test_first_run_trains_and_promotes_then_nothing_to_do(
 ) -> None:
     first = run_flow(flow_project.root, trigger="schedule")
     assert first.is_completed(), first.message
+    # The run's state says what it did; its summary is still the flow's result.
+    assert first.name == "Promoted v1"
+    assert flow_run_state(first.state_details.flow_run_id).name == "Promoted v1"
     summary = first.result()
     assert summary["ran"] == STAGES and summary["skipped"] == [] and summary["failed"] == []
     assert summary["trigger"] == "schedule"
@@ -98,9 +117,14 @@ def test_first_run_trains_and_promotes_then_nothing_to_do(
     assert "dvc.lock" not in git(root, "ls-tree", "--name-only", "main")
     runs = task_runs(first.state_details.flow_run_id, len(STAGES))
     assert all(runs[stage].state.name == "Completed" for stage in STAGES)
+    published = artifacts(first.state_details.flow_run_id)
+    assert published["training-summary"].startswith("# Promoted v1\n")
+    assert [row["stage"] for row in published["training-stages"]] == STAGES
+    [rmse, *_] = published["training-metrics"]  # the primary metric first
+    assert rmse["metric"] == "rmse" and rmse["champion"] is None  # no champion yet
 
     second = run_flow(flow_project.root)
-    assert second.is_completed(), second.message
+    assert second.is_completed() and second.name == "Nothing to do", second.message
     again = second.result()
     assert again["skipped"] == STAGES and again["ran"] == []
     assert again["deploy"] is None and again["champion"] == "1"
@@ -114,7 +138,9 @@ def test_first_run_trains_and_promotes_then_nothing_to_do(
     # before any champion, is stale, so evaluate and deploy run again, against v2, and
     # nothing else. The candidate is v2's model: deploy keeps it.
     promote_elsewhere(flow_project)
-    third = run_flow(flow_project.root).result()
+    third_state = run_flow(flow_project.root)
+    assert third_state.name == "Kept v2"
+    third = third_state.result()
     assert third["champion_moved"] == "the champion is v2; the gate compared with no champion"
     assert third["ran"] == ["evaluate", "deploy"]
     assert third["deploy"]["action"] == "keep" and flow_project.registry() == (["1", "2"], "2")
@@ -141,15 +167,16 @@ def test_a_checkout_without_outputs_pulls_them_instead_of_running(
 ) -> None:
     """A fresh worker has the code and dvc.lock, not the data: the remote has it."""
     root = flow_project.root
+    champion = flow_project.registry()[1]  # v2: the first test promoted it elsewhere
     for path in ("data/split", "models/tuned", "models/compressed"):
         shutil.rmtree(root / path)
 
     state = run_flow(root)
 
-    assert state.is_completed(), state.message
+    assert state.is_completed() and state.name == "Nothing to do", state.message
     summary = state.result()
     assert summary["skipped"] == STAGES and summary["ran"] == []
-    assert summary["deploy"] is None and summary["champion"] == "1"
+    assert summary["deploy"] is None and summary["champion"] == champion
     assert (root / "models/tuned/model.json").exists()
     assert (root / "data/split/test.parquet").exists()
 
@@ -204,9 +231,11 @@ def test_failure_halfway_changes_nothing_after_it_and_the_next_run_resumes(
     assert summary["ran"] == ["evaluate", "compress", "deploy"]
     versions, champion = flow_project.registry()
     if summary["deploy"]["action"] == "promote":
-        assert versions == ["1", "2"] and champion == "2"
+        added = str(len(registry_before[0]) + 1)
+        assert versions == [*registry_before[0], added] and champion == added
+        assert resumed.name == f"Promoted v{added}"
     else:
-        assert versions == ["1"] and champion == "1"
+        assert (versions, champion) == registry_before
     assert summary["champion"] == champion
     assert git(root, "show", "runs:dvc.lock") == (root / "dvc.lock").read_text().strip()
 
@@ -216,7 +245,7 @@ def test_a_transient_failure_is_retried(prefect_server: str, tmp_path: Path) -> 
 
     state = run_flow(project)
 
-    assert state.is_completed(), state.message
+    assert state.is_completed() and state.name == "Ran 2 stages", state.message
     summary = state.result()
     assert summary["ran"] == ["prepare", "flaky"]
     assert summary["metrics"] == {} and summary["deploy"] is None and summary["pushed"] is None
@@ -405,6 +434,74 @@ def test_lock_commit_leaves_a_checked_out_branch_clean(tmp_path: Path) -> None:
     assert git(root, "status", "--porcelain") == "M  notes.txt"  # still staged, uncommitted
     # Nothing new to commit.
     assert commit_data_version(root, "runs", "dvc.lock: again", "data/landing") is None
+
+
+class Kept(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def test_dvcs_git_hints_stay_out_of_the_runs_log(tmp_path: Path) -> None:
+    """DVC tells a person to `git add dvc.lock` after every stage in a git checkout;
+    the flow commits dvc.lock itself, so the Prefect log gets DVC's lines without it."""
+    from dvc.repo import Repo
+
+    from flows._dvc import reproduce_stage, stage_environment
+    from tests.flows.conftest import dvc
+
+    root = tmp_path / "project"
+    root.mkdir()
+    git(root, "init", "-q")
+    dvc(root, "init", "-q")
+    dvc(root, "config", "core.analytics", "false")
+    write = "python -c \"open('{0}.txt', 'w').write('{0}')\""
+    stages = {name: {"cmd": write.format(name), "outs": [f"{name}.txt"]} for name in "ab"}
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
+    # DVC's own API, as a person's script would call it: the hints are there.
+    plain = Kept()
+    logging.getLogger("dvc").addHandler(plain)
+    try:
+        with Repo(str(root)) as repo:
+            repo.reproduce(targets=[f"{root}/dvc.yaml:a"], single_item=True)
+    finally:
+        logging.getLogger("dvc").removeHandler(plain)
+    assert any("git add" in line for line in plain.lines)
+
+    to_prefect = Kept()
+    run = reproduce_stage(root, "b", stage_environment("manual"), log_handler=to_prefect)
+
+    assert run.status == "ran"
+    assert to_prefect.lines[0] == "Running stage 'b':"
+    assert any(line.startswith("Updating lock file") for line in to_prefect.lines)
+    said = "\n".join(to_prefect.lines)
+    assert "git add" not in said and "autostage" not in said
+    assert all(line.strip() for line in to_prefect.lines)  # no blank spacer lines
+
+
+@pytest.mark.parametrize(
+    ("logger", "message", "kept"),
+    [
+        (
+            "dvc.repo.scm_context",
+            "\nTo track the changes with git, run:\n\n\tgit add dvc.lock",
+            False,
+        ),
+        ("dvc.repo.scm_context", "\nTo enable auto staging, run:\n\n\tdvc config ...", False),
+        ("dvc.commands.repro", "Use `dvc push` to send your updates to remote storage.", False),
+        ("dvc.repo.reproduce", "", False),
+        ("dvc.stage.run", "Running stage 'train':", True),
+        ("dvc.dvcfile", "Updating lock file 'dvc.lock'", True),
+    ],
+)
+def test_only_dvcs_hints_are_left_out(logger: str, message: str, kept: bool) -> None:
+    from flows._dvc import WithoutHints
+
+    record = logging.LogRecord(logger, logging.INFO, __file__, 1, message, None, None)
+    assert WithoutHints().filter(record) is kept
 
 
 def test_no_git_no_commit(tmp_path: Path) -> None:

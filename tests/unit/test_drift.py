@@ -1,5 +1,7 @@
 """The drift check's pure functions on small frames: statistics against scipy, the
-rules that pick a method, missing values, the decision, the profile on disk, errors."""
+rules that pick a method, missing values, the decision, the profile on disk, errors;
+and the drift rule (pipeline/drift_rule.py): column roles, importance weights,
+prediction drift, the recorded table."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from scipy.spatial import distance
 
 from pipeline.config import CategoricalColumn, NumericColumn, Schema
 from pipeline.drift import (
+    ColumnDrift,
     DriftProfile,
     build_profile,
     check_drift,
@@ -30,7 +33,17 @@ from pipeline.drift import (
     write_profile,
     z_test_p_value,
 )
+from pipeline.drift_rule import (
+    column_roles,
+    column_weights,
+    prediction_drift,
+    prediction_profile,
+    rule_text,
+    seasonal_reference,
+    weigh_drift,
+)
 from pipeline.errors import DataError
+from pipeline.importance import FeatureImportance
 from pipeline.schema import DatasetSpec
 from tests.conftest import REPO
 
@@ -429,3 +442,201 @@ def test_damaged_profile_folder_is_one_clear_error(tmp_path: Path, how: str, mes
     with pytest.raises(DataError, match=message) as raised:
         read_profile(folder)
     assert "\n" not in str(raised.value)
+
+
+# --- the drift rule: roles, weights, prediction drift -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("derived", "calendar", "ignored", "roles"),
+    [
+        ((), (), (), {"a": "counted", "b": "counted", "c": "counted", "d": "counted"}),
+        (("a",), (), (), {"a": "calendar", "b": "counted", "c": "counted", "d": "counted"}),
+        (("a",), ("c",), (), {"a": "calendar", "b": "counted", "c": "calendar", "d": "counted"}),
+        ((), ("c",), ("c", "d"), {"a": "counted", "b": "counted", "c": "ignored", "d": "ignored"}),
+        ((), ("elsewhere",), (), {"a": "counted", "b": "counted", "c": "counted", "d": "counted"}),
+    ],
+    ids=["none", "derived", "derived-and-listed", "ignored-wins", "not-a-feature"],
+)
+def test_columns_are_classified_by_an_explicit_list(
+    derived: tuple, calendar: tuple, ignored: tuple, roles: dict
+) -> None:
+    assert column_roles(["a", "b", "c", "d"], derived, calendar, ignored) == roles
+
+
+@pytest.mark.parametrize(
+    ("importance", "weights", "source"),
+    [
+        ({"a": 3.0, "b": 1.0, "c": 100.0}, {"a": 0.75, "b": 0.25, "c": 0.0}, "importance"),
+        ({"a": 3.0, "b": -1.0}, {"a": 1.0, "b": 0.0, "c": 0.0}, "importance"),  # noise: 0
+        (None, {"a": 0.5, "b": 0.5, "c": 0.0}, "equal"),  # a version without importance
+        ({"a": 0.0, "b": -2.0, "c": 5.0}, {"a": 0.5, "b": 0.5, "c": 0.0}, "equal"),
+    ],
+    ids=["by-importance", "negative-is-zero", "none-registered", "none-counted"],
+)
+def test_counted_columns_weigh_their_importance_or_equally(
+    importance: dict | None, weights: dict, source: str
+) -> None:
+    found = column_weights({"a": "counted", "b": "counted", "c": "calendar"}, importance)
+    assert found.values == pytest.approx(weights) and found.source == source
+
+
+def calm_prediction() -> ColumnDrift:
+    return ColumnDrift("prediction", "numeric", "wasserstein", 0.01, 0.1, drifted=False)
+
+
+@pytest.mark.parametrize(
+    ("importance", "share", "decided"),
+    [
+        ({"a": 1.0, "b": 3.0, "c": 1.0, "d": 3.0}, 0.25, False),  # the drifted ones matter little
+        ({"a": 3.0, "b": 1.0, "c": 3.0, "d": 1.0}, 0.75, True),  # ...or much
+        (None, 0.5, True),  # equal weights: check_drift's own share
+    ],
+)
+def test_the_share_is_the_drifted_columns_weight(
+    importance: dict | None, share: float, decided: bool
+) -> None:
+    profile, window = half_drifted()  # a and c drift, b and d do not
+    roles = column_roles(profile.names)
+    drift = weigh_drift(check_drift(profile, window), roles, importance, calm_prediction())
+    assert drift.counted_drifted == ("a", "c")
+    assert drift.share == pytest.approx(share)
+    assert drift.features_drifted is decided and drift.drift is decided
+
+
+def test_calendar_columns_are_reported_but_never_decide() -> None:
+    profile, window = half_drifted()
+    # Every drifted column is calendar: however much the model relies on them, no drift.
+    roles = column_roles(profile.names, derived_calendar=["a"], calendar_columns=["c"])
+    importance = {"a": 100.0, "b": 1.0, "c": 100.0, "d": 1.0}
+    drift = weigh_drift(check_drift(profile, window), roles, importance, calm_prediction())
+    assert drift.drifted_columns == ("a", "c") and drift.counted_drifted == ()
+    assert drift.share == 0.0 and drift.drift is False
+    table = {row["column"]: row for row in drift.to_dict()["columns"]}
+    assert table["a"] == {**table["a"], "role": "calendar", "counted": False, "weight": 0.0}
+    assert table["a"]["drifted"] is True  # reported as it is
+    assert table["b"]["counted"] is True and table["b"]["weight"] == 0.5
+    assert "drifted but not counted: a, c" in drift.reasons()[0]
+
+
+def test_nothing_counted_decides_on_the_predictions_alone() -> None:
+    profile, window = half_drifted()
+    roles = column_roles(profile.names, ignore_columns=profile.names)
+    drift = weigh_drift(check_drift(profile, window), roles, None, calm_prediction())
+    assert drift.share == 0.0 and drift.features_drifted is False
+    assert drift.reasons()[0] == (
+        "no data drift: no column is counted (every one is calendar or ignored)"
+    )
+
+
+def test_prediction_drift_alone_is_drift() -> None:
+    reference = normal(2000, seed=11)
+    profile = prediction_profile(reference, "regression")
+    calm = prediction_drift(profile, normal(600, seed=12), "regression")
+    moved = prediction_drift(profile, normal(600, shift=0.5, seed=12), "regression")
+    assert calm.method == "wasserstein" and not calm.drifted
+    assert moved.drifted and moved.statistic == pytest.approx(0.5, abs=0.1)
+
+    data, window = half_drifted()
+    importance = {"a": 0.0, "b": 1.0, "c": 0.0, "d": 1.0}  # only undrifted columns matter
+    drift = weigh_drift(check_drift(data, window), column_roles(data.names), importance, moved)
+    assert drift.share == 0.0 and drift.prediction_drifted and drift.drift
+    features, predictions = drift.reasons()
+    assert features.startswith("no data drift: 2 of 4 counted columns drifted (a, c): 0%")
+    assert predictions.startswith("prediction drift: the champion's predictions on the window")
+
+
+def test_a_classifier_s_predictions_are_compared_as_classes() -> None:
+    reference = choice(["no", "yes"], 2000, [0.7, 0.3], seed=1)
+    profile = prediction_profile(reference, "binary")
+    assert profile.categorical == ("prediction",)
+    # The log holds the class as text; numbers and text are one class ("1" == 1).
+    logged = pd.Series(choice(["no", "yes"], 500, [0.7, 0.3], seed=2))
+    same = prediction_drift(profile, logged, "binary")
+    flipped = prediction_drift(profile, choice(["no", "yes"], 500, [0.3, 0.7], seed=2), "binary")
+    assert same.method == "jensenshannon" and not same.drifted and flipped.drifted
+    numbers = prediction_profile(np.array([0, 1] * 700), "binary")
+    assert not prediction_drift(numbers, pd.Series(["0", "1"] * 300), "binary").drifted
+
+
+def test_the_decision_record_states_the_rule_and_is_plain_json() -> None:
+    profile, window = half_drifted()
+    drift = weigh_drift(
+        check_drift(profile, window, drift_share=0.4),
+        column_roles(profile.names, calendar_columns=["d"]),
+        {"a": 2.0, "b": 1.0, "c": 1.0, "d": 5.0},
+        calm_prediction(),
+    )
+    body = json.loads(json.dumps(drift.to_dict()))
+    assert body["rule"] == rule_text(0.4) and "at least 40% (monitor.drift_share)" in body["rule"]
+    assert body["drift_share"] == pytest.approx(0.75) and body["weights"] == "importance"
+    assert [row["weight"] for row in body["columns"]] == [0.5, 0.25, 0.25, 0.0]
+    assert body["counted_drifted_columns"] == ["a", "c"] and body["prediction_drifted"] is False
+
+
+def test_importance_travels_as_a_file_of_its_own(tmp_path: Path) -> None:
+    evaluation = {
+        "primary_metric": "rmse",
+        "importance": [
+            {"feature": "hr", "importance": 80.5, "std": 2.5},
+            {"feature": "yr", "importance": None, "std": None},  # evaluate's NaN
+        ],
+    }
+    importance = FeatureImportance.from_evaluation(evaluation)
+    path = importance.write(tmp_path / "importance")
+    assert FeatureImportance.read(path) == importance
+    assert importance.values == {"hr": 80.5, "yr": 0.0} and importance.metric == "rmse"
+    path.write_text('{"format": "something else"}')
+    with pytest.raises(DataError, match="damaged feature importance file"):
+        FeatureImportance.read(path)
+    with pytest.raises(DataError, match="re-run evaluate"):
+        FeatureImportance.from_evaluation({"primary_metric": "rmse"})
+
+
+def hourly(first: str, last: str) -> pd.DataFrame:
+    times = pd.date_range(first, last, freq="6h")
+    return pd.DataFrame({"when": times, "x": np.arange(len(times), dtype=float)})
+
+
+@pytest.mark.parametrize(
+    ("window", "first", "last"),
+    [
+        # A year on: 1 April 2012 is day 92, 2 April in 2011; a week either side.
+        (("2012-04-01", "2012-05-26"), "2011-03-26", "2011-06-03"),
+        (("2012-12-20", "2013-01-10"), "2011-01-01", "2011-01-17"),  # across the year's end
+    ],
+)
+def test_a_window_is_compared_with_the_reference_from_its_weeks_of_the_year(
+    window: tuple[str, str], first: str, last: str
+) -> None:
+    reference = hourly("2011-01-01", "2011-12-31 18:00")
+    times = hourly(*window)["when"].dt.strftime("%Y-%m-%d")  # as the log holds the context
+    chosen = seasonal_reference(reference, reference["when"], times)
+    assert chosen.seasonal
+    days = chosen.rows["when"].dt.normalize()
+    if window[0].startswith("2012-12"):  # December and January of the reference year
+        assert days.min() == pd.Timestamp(first) and days.max() == pd.Timestamp("2011-12-31")
+        assert not days.between("2011-01-18", "2011-12-12").any()
+    else:
+        assert days.min() == pd.Timestamp(first) and days.max() == pd.Timestamp(last)
+    assert chosen.note.startswith(
+        f"the reference rows from the window's weeks of the year: {len(days)} of 1460"
+    )
+
+
+@pytest.mark.parametrize(
+    ("window", "reference_times", "why"),
+    [
+        (("2012-06-01", "2012-07-01"), True, "covering 0% of them"),  # summer, a winter reference
+        (("2012-02-01", "2012-04-30"), True, "covering 40% of them"),  # 36 of its 90 days
+        (("2012-01-05", "2012-01-10"), False, "no time column"),
+    ],
+)
+def test_without_the_window_s_weeks_the_whole_reference_is_used(
+    window: tuple[str, str], reference_times: bool, why: str
+) -> None:
+    reference = hourly("2011-01-01", "2011-03-01")
+    times = reference["when"] if reference_times else None
+    chosen = seasonal_reference(reference, times, hourly(*window)["when"])
+    assert not chosen.seasonal and chosen.rows is reference
+    assert chosen.note.startswith("the whole reference sample (237 rows): ") and why in chosen.note

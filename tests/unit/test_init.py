@@ -98,6 +98,7 @@ def test_no_bike_setting_survives_on_other_data(
     assert not set(BIKE_ONLY) & set(data_specific_values(params))
     assert "r2" not in params["evaluate"]["floors"]
     assert "2012" not in yaml.safe_dump(params["data"])
+    assert params["monitor"]["calendar_columns"] == []  # the bike's yr, mnth, season went
 
 
 def test_inferred_columns_on_the_fixtures() -> None:

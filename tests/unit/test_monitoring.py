@@ -11,6 +11,7 @@ import pytest
 
 from pipeline.config import MonitorConfig
 from pipeline.drift import ColumnDrift, DriftResult
+from pipeline.drift_rule import ModelDrift, column_roles, weigh_drift
 from pipeline.errors import DataError
 from pipeline.label_store import store_labels
 from pipeline.monitoring import decide, quality_check, read_window
@@ -87,12 +88,18 @@ def test_classification_quality_reads_the_logged_probabilities(tmp_path: Path) -
     assert check.judged and check.current == pytest.approx(1.0) and check.drop < 0
 
 
-def drift_of(drifted: int, columns: int = 4) -> DriftResult:
+def drift_of(drifted: int, columns: int = 4, predictions: bool = False) -> ModelDrift:
+    """`drifted` of `columns` equally weighted columns drifted; the predictions too?"""
     verdicts = tuple(
         ColumnDrift(f"c{i}", "numeric", "wasserstein", 0.2, 0.1, i < drifted)
         for i in range(columns)
     )
-    return DriftResult(columns=verdicts, drift_share=0.5, current_rows=1000)
+    result = DriftResult(columns=verdicts, drift_share=0.5, current_rows=1000)
+    prediction = ColumnDrift(
+        "prediction", "numeric", "wasserstein", 0.3 if predictions else 0.05, 0.1, predictions
+    )
+    roles = column_roles([verdict.column for verdict in verdicts])
+    return weigh_drift(result, roles, None, prediction)
 
 
 def test_the_decision_says_why_either_way(tmp_path: Path) -> None:
@@ -104,14 +111,23 @@ def test_the_decision_says_why_either_way(tmp_path: Path) -> None:
 
     calm = decide(drift_of(1), unjudged, config)
     assert not calm.drift and calm.drifted_columns == ["c0"]
-    assert calm.reasons[0].startswith("no data drift: 1 of 4 columns drifted (25%")
-    assert calm.reasons[1].startswith("quality not judged")
+    assert calm.reasons[0].startswith("no data drift: 1 of 4 counted columns drifted (c0): 25%")
+    assert calm.reasons[1].startswith("no prediction drift: ")
+    assert calm.reasons[2].startswith("quality not judged")
+    assert calm.rule.startswith("drift when the drifted counted columns hold at least 50%")
+    assert "the primary metric fell more than 10% (monitor.max_metric_drop)" in calm.rule
+    assert [row["counted"] for row in calm.columns] == [True] * 4
 
     drifted = decide(drift_of(2), unjudged, config)
     assert drifted.drift and drifted.reasons[0].startswith("data drift: 2 of 4")
 
+    by_predictions = decide(drift_of(0, predictions=True), unjudged, config)
+    assert by_predictions.drift and by_predictions.drift_share == 0.0
+    assert by_predictions.reasons[1].startswith("prediction drift: ")
+    assert by_predictions.prediction["drifted"] is True
+
     window.frame["label"] = np.arange(20, dtype=float) + 2.0
     worse = quality_check(window, "regression", "rmse", [], 1.0, min_labelled=10)
     by_quality = decide(drift_of(0), worse, config)
-    assert by_quality.drift and by_quality.reasons[1].startswith("quality drop: rmse 2")
+    assert by_quality.drift and by_quality.reasons[2].startswith("quality drop: rmse 2")
     assert by_quality.to_dict()["quality"]["drop"] == pytest.approx(1.0)

@@ -67,6 +67,7 @@ def test_every_bike_leftover_is_named_in_one_line() -> None:
         "data.schema.datetime: dteday",
         "clean.calendar_features: dteday",
         "evaluate.baseline_groups: weekday, hr",
+        "monitor.calendar_columns: yr, mnth, season",
         "data.task: regression, but target 'class' holds text",
         "evaluate.primary_metric: rmse is not a binary metric",
         "evaluate.floors: r2 not a binary metric",
@@ -81,6 +82,7 @@ def test_a_metric_of_another_task_is_refused_when_the_task_is_inferred() -> None
     raw["data"]["csv"]["delimiter"] = ";"
     raw["clean"]["calendar_features"] = {}
     raw["evaluate"].update(baseline_groups=None)
+    raw["monitor"].update(calendar_columns=[])
     message = check_problems(raw)
     assert message.startswith("evaluate.primary_metric: rmse is not a binary metric")
     assert "evaluate.floors: r2" in message

@@ -75,9 +75,52 @@ def test_one_at_a_time_then_a_cooldown(ledger: RetrainingLedger) -> None:
     running = claim(ledger, "w2", NOW + timedelta(minutes=5))
     assert not running.allowed and "still running" in running.reason
     ledger.finish("w1", True, {})
-    cooling = claim(ledger, "w2", NOW + timedelta(hours=1))
-    assert not cooling.allowed and cooling.reason.startswith("cooldown")
+    cooling = claim(ledger, "w3", NOW + timedelta(hours=1))
+    assert not cooling.allowed and cooling.reason.startswith("cooldown: the last retraining")
+    assert cooling.guards == ("cooldown",)
     assert claim(ledger, "w2", NOW + timedelta(hours=7)).allowed
+
+
+def test_a_repeated_alert_in_the_cooldown_is_refused_as_a_duplicate_first(
+    ledger: RetrainingLedger,
+) -> None:
+    """Both guards apply: the refusal names both, the window's own (duplicate) first."""
+    assert claim(ledger, "w1", NOW).allowed
+    ledger.finish("w1", True, {})
+    first = claim(ledger, "w2", NOW + timedelta(minutes=30))
+    assert first.guards == ("cooldown",)
+    again = claim(ledger, "w2", NOW + timedelta(minutes=40))
+    assert not again.allowed and again.guards == ("duplicate", "cooldown")
+    assert again.reason.startswith("duplicate: window w2 was alerted before (refused at ")
+    assert "; cooldown: the last retraining started at" in again.reason
+    # The ledger says it the same way, for the flow's state and `driftline simulate`.
+    refused = ledger.entries()[-1]
+    assert refused["status"] == "refused" and refused["guards"] == ["duplicate", "cooldown"]
+    assert refused["reason"] == again.reason
+    # The duplicate of a finished retraining, in the cooldown too.
+    late = claim(ledger, "w1", NOW + timedelta(hours=1))
+    assert late.guards == ("duplicate", "cooldown") and "a duplicate alert" in late.reason
+
+
+def test_a_refusal_names_every_guard_that_applied_most_specific_first(
+    ledger: RetrainingLedger,
+) -> None:
+    assert claim(ledger, "w1", NOW).allowed
+    assert claim(ledger, "w2", NOW + timedelta(minutes=1), rows=10).guards == (
+        "too few rows",
+        "running",
+        "cooldown",
+    )
+    everything = claim(ledger, "w2", NOW + timedelta(minutes=2), rows=10)
+    assert everything.guards == ("duplicate", "too few rows", "running", "cooldown")
+    assert [part.split(":")[0] for part in everything.reason.split("; ")] == [
+        "duplicate",
+        "too few rows",
+        "running",
+        "cooldown",
+    ]
+    # The running retraining is w1's own: a duplicate, not another one running.
+    assert claim(ledger, "w1", NOW + timedelta(minutes=3)).guards == ("duplicate", "cooldown")
 
 
 def test_a_failed_retraining_may_be_tried_again_after_the_cooldown(
@@ -86,8 +129,11 @@ def test_a_failed_retraining_may_be_tried_again_after_the_cooldown(
     assert claim(ledger, "w1", NOW).allowed
     ledger.finish("w1", False, {"error": "tune failed"})
     soon = claim(ledger, "w1", NOW + timedelta(minutes=1))
-    assert not soon.allowed and soon.reason.startswith("cooldown")
-    assert claim(ledger, "w1", NOW + timedelta(hours=7)).allowed
+    assert not soon.allowed and soon.guards == ("duplicate", "cooldown")
+    # A repeated alert for a failed window refuses nothing by itself: retried when cool.
+    again = claim(ledger, "w1", NOW + timedelta(hours=7))
+    assert again.allowed and again.guards == ()
+    assert again.reason.startswith("window w1 drifted: retraining (its last alert: refused at")
 
 
 def window_of(frame: pd.DataFrame) -> Window:

@@ -3,7 +3,9 @@ lines it prints when it cannot."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -80,3 +82,94 @@ def test_a_retraining_reads_as_one_line() -> None:
     assert (
         retraining_line(failed) == "retraining: failed: validate: 2 critical expectation(s) failed"
     )
+
+
+class GrowingLedger:
+    """A ledger whose retraining starts on the second read and ends on the fourth."""
+
+    def __init__(self, started_after: datetime) -> None:
+        self.reads = 0
+        self.time = (started_after + timedelta(seconds=5)).isoformat()
+
+    def entries(self) -> list[dict[str, Any]]:
+        self.reads += 1
+        before = {"time": "2020-01-01T00:00:00+00:00", "status": "done", "run": "old"}
+        started = {"time": self.time, "status": "started", "run": "run-1"}
+        done = {"time": self.time, "status": "done", "action": "keep", "run": None}
+        return [
+            before,
+            *([started] if self.reads >= 2 else []),
+            *([done] if self.reads >= 4 else []),
+        ]
+
+
+def test_the_wait_for_a_retraining_says_which_run_and_where_it_is() -> None:
+    from pipeline.simulate import RetrainingProgress, wait_for_retraining
+
+    alert = datetime(2026, 6, 1, 12, tzinfo=UTC)
+    asked: list[str | None] = []
+
+    def progress(started_after: datetime, run_id: str | None) -> RetrainingProgress:
+        assert started_after == alert
+        asked.append(run_id)
+        if run_id is None:
+            return RetrainingProgress()
+        return RetrainingProgress("retraining-drift", "Running", "tune")
+
+    lines: list[str] = []
+    ledger = GrowingLedger(alert)
+    entry = wait_for_retraining(
+        alert,
+        ledger,
+        lines.append,
+        every=0,
+        poll=0,
+        progress=progress,
+    )
+
+    assert entry["status"] == "done" and entry["action"] == "keep"
+    # Before the guards decide, the run is looked for by time; then the ledger names it.
+    assert asked == [None, "run-1", "run-1"]
+    assert lines[0].startswith("waiting for the retraining (0m00s): no retraining flow run yet")
+    assert (
+        lines[1]
+        == "waiting for the retraining (0m00s): flow run retraining-drift is Running, at tune"
+    )
+
+
+def test_a_busy_prefect_api_does_not_end_the_wait() -> None:
+    from pipeline.simulate import RetrainingProgress, wait_for_retraining
+
+    def progress(started_after: datetime, run_id: str | None) -> RetrainingProgress:
+        raise TimeoutError("the API did not answer")
+
+    lines: list[str] = []
+    alert = datetime(2026, 6, 1, 12, tzinfo=UTC)
+    entry = wait_for_retraining(
+        alert, GrowingLedger(alert), lines.append, every=0, poll=0, progress=progress
+    )
+    assert entry["status"] == "done"
+    assert (
+        lines[0] == "waiting for the retraining: its progress is unknown (the API did not answer)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("progress", "seconds", "line"),
+    [
+        (
+            ("retraining-drift", "Pending", None),
+            31.5,
+            "waiting for the retraining (0m31s): flow run retraining-drift is Pending",
+        ),
+        (
+            ("retraining-drift", "Running", "tune"),
+            605,
+            "waiting for the retraining (10m05s): flow run retraining-drift is Running, at tune",
+        ),
+    ],
+)
+def test_a_progress_line(progress: tuple[Any, ...], seconds: float, line: str) -> None:
+    from pipeline.simulate import RetrainingProgress, progress_line
+
+    assert progress_line(RetrainingProgress(*progress), seconds) == line
