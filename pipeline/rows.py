@@ -13,7 +13,7 @@ would make it a hundred times slower on large tables; `RowRules.apply` does it t
 record in plain Python, because pandas costs more than the model for one row. The two
 are tested to give the same features on every row of the three data sets
 (tests/unit/test_rows.py), and the served model scores raw requests as the frame path
-scores the test split (tests/serving/test_raw_rows.py).
+scores the test split (tests/model/test_raw_requests.py).
 
 What cannot be done to a single request is said, not done: a value that training
 would drop the row for is scored as missing, with a warning in the response.
@@ -22,13 +22,16 @@ would drop the row for is scored as missing, with a warning in the response.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
-from typing import Any, NamedTuple
+from functools import cached_property
+from typing import Any, NamedTuple, get_args
 
-from pipeline.config import CalendarPart, CleanConfig
+from pipeline.config import CalendarPart, CleanConfig, OutOfRange, UnknownCategory
 from pipeline.schema import DatasetSpec
 
+OUT_OF_RANGE_POLICIES = set(get_args(OutOfRange))
+UNKNOWN_POLICIES = set(get_args(UnknownCategory))
 OUT_OF_RANGE = "out_of_range"
 UNKNOWN_CATEGORY = "unknown_category"
 UNPARSEABLE = "unparseable"
@@ -113,7 +116,7 @@ class RowRules:
             dropped=tuple(schema.drop),
         )
 
-    @property
+    @cached_property
     def derived(self) -> dict[str, tuple[str, str]]:
         """Each calendar feature's name and the (datetime column, part) it comes from."""
         return {
@@ -121,6 +124,17 @@ class RowRules:
             for column, parts in self.calendar.items()
             for part in parts
         }
+
+    def only(self, columns: set[str]) -> RowRules:
+        """These rules for `columns` alone (a model's features and the date columns
+        they derive from): no work, and no warning, for a field the model never uses."""
+        return replace(
+            self,
+            numeric={c: rule for c, rule in self.numeric.items() if c in columns},
+            categorical={c: rule for c, rule in self.categorical.items() if c in columns},
+            datetime={c: fmt for c, fmt in self.datetime.items() if c in columns},
+            fills={c: fill for c, fill in self.fills.items() if c in columns},
+        )
 
     def apply(self, row: dict[str, Any]) -> tuple[dict[str, Any], Flags]:
         """One source row (column -> JSON value) as clean leaves it, and a warning per
@@ -201,6 +215,21 @@ class RowRules:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> RowRules:
+        """The rules as `to_dict` wrote them; ValueError names what does not fit."""
+        rules = cls._from_dict(raw)
+        for column, rule in rules.numeric.items():
+            if rule.out_of_range not in OUT_OF_RANGE_POLICIES:
+                raise ValueError(f"{column}: out_of_range {rule.out_of_range!r}")
+        for column, rule in rules.categorical.items():
+            if rule.unknown not in UNKNOWN_POLICIES:
+                raise ValueError(f"{column}: unknown {rule.unknown!r}")
+        for column, parts in rules.calendar.items():
+            if not set(parts) <= set(get_args(CalendarPart)):
+                raise ValueError(f"{column}: calendar parts {list(parts)}")
+        return rules
+
+    @classmethod
+    def _from_dict(cls, raw: dict[str, Any]) -> RowRules:
         return cls(
             na_values=tuple(raw.get("na_values") or ()),
             numeric={

@@ -32,7 +32,7 @@ so a reload never fails a request in flight.
 import asyncio
 import json
 import logging
-import math
+import os
 import secrets
 import socket
 import threading
@@ -42,6 +42,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -52,6 +53,7 @@ from pipeline.config import ServeConfig
 from pipeline.errors import DataError
 from pipeline.features import FeatureArrays, FeatureSpec, category_value
 from pipeline.rows import UNKNOWN_CATEGORY, Flag, Flags, RowRules
+from pipeline.secrets import redact
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -70,6 +72,7 @@ Number = Annotated[float, Field(allow_inf_nan=False)]
 CategoryInput = str | int | Number | bool | None
 # An error body shows the value that was refused only when it is a short scalar.
 ECHO_LIMIT = 100
+ECHO_LIMITS = ServeConfig(max_string_length=ECHO_LIMIT)
 MAX_ERRORS = 20
 # Batch sizes at which the two runtimes are timed when a model is loaded, and the timed
 # calls per runtime and size (after one warm-up): the median of 5 is steady enough to
@@ -106,13 +109,13 @@ class ServedModel:
     def features(self) -> FeatureSpec:
         return self.model.features
 
-    @property
+    @cached_property
     def context(self) -> tuple[str, ...]:
         """The non-feature columns a request may carry for the log (key, time)."""
         columns = self.features.columns
         return tuple(c for c in self.meta.get("context") or () if c not in columns)
 
-    @property
+    @cached_property
     def dated(self) -> dict[str, tuple[str, ...]]:
         """Each date column a request carries and the features derived from it."""
         if self.rules is None:
@@ -122,6 +125,12 @@ class ServedModel:
             if name in self.features.columns:
                 derived.setdefault(column, []).append(name)
         return {column: tuple(names) for column, names in derived.items()}
+
+    @cached_property
+    def field_names(self) -> dict[str, str]:
+        """The record model's field name of each column a request may send."""
+        fields = self.record_model.model_fields
+        return {info.alias: name for name, info in fields.items() if info.alias}
 
     def runtime(self, rows: int) -> "OnnxModel | TabularModel":
         """The faster runtime for a batch of `rows`, as measured when it was loaded."""
@@ -247,8 +256,11 @@ def load_served_model(folder: Path, version: str, native: Path | None = None) ->
     context = tuple(meta.get("context") or ())
     try:
         rules = RowRules.from_dict(meta["rows"]) if meta.get("rows") else None
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise DataError(f"{meta_path}: `rows` is not a row description ({exc})") from exc
+    if rules is not None:  # only the columns this model scores, or derives from
+        dated = {c for name, (c, _) in rules.derived.items() if name in features.columns}
+        rules = rules.only({*features.columns, *dated})
     record = record_model(features, context, rules)
     native_model, choice = None, RuntimeChoice(None, {})
     if native is not None:
@@ -439,10 +451,10 @@ def json_limit_errors(body: Any, limits: ServeConfig) -> list[dict[str, Any]]:
 def _scalar_problem(value: Any, limits: ServeConfig) -> str | None:
     if isinstance(value, str):
         return _text_problem(value, limits)
-    if isinstance(value, float) and not math.isfinite(value):
-        return "a number too large for a 64-bit float"
-    if isinstance(value, int) and not -MAX_FLOAT <= value <= MAX_FLOAT:
-        return "a number too large for a 64-bit float"
+    # The model takes float32: a larger number would reach it as infinity.
+    number = isinstance(value, float | int) and not isinstance(value, bool)
+    if number and not -MAX_NUMBER <= value <= MAX_NUMBER:
+        return f"a number too large for the model (at most {MAX_NUMBER:.4g} either way)"
     return None
 
 
@@ -457,7 +469,7 @@ def _text_problem(text: str, limits: ServeConfig) -> str | None:
     return None
 
 
-MAX_FLOAT = 1.7976931348623157e308
+MAX_NUMBER = float(np.finfo(np.float32).max)
 
 
 def parse_request(body: Any, served: ServedModel, limits: ServeConfig) -> ParsedRequest:
@@ -497,9 +509,7 @@ def missing_dates(records: list[BaseModel], served: ServedModel) -> list[dict[st
     dated = served.dated
     if not dated:
         return []
-    aliases = {
-        info.alias: name for name, info in served.record_model.model_fields.items() if info.alias
-    }
+    aliases = served.field_names
     errors: list[dict[str, Any]] = []
     for index, record in enumerate(records):
         sent = record.model_fields_set
@@ -544,12 +554,12 @@ def record_errors(exc: ValidationError) -> list[dict[str, Any]]:
 
 
 def _echoable(value: Any) -> bool:
-    if value is None or isinstance(value, bool | int):
-        return not isinstance(value, int) or abs(value) <= MAX_FLOAT
-    if isinstance(value, float):
-        return math.isfinite(value)
+    if value is None or isinstance(value, bool):
+        return True
+    if isinstance(value, int | float):
+        return -MAX_NUMBER <= value <= MAX_NUMBER
     if isinstance(value, str):
-        return len(value) <= ECHO_LIMIT and _text_problem(value, ServeConfig()) is None
+        return len(value) <= ECHO_LIMIT and _text_problem(value, ECHO_LIMITS) is None
     return False
 
 
@@ -611,8 +621,11 @@ def score_records(served: ServedModel, records: list[BaseModel]) -> Scored:
     classes = [_plain(label) for label in served.model.classes]
     timestamp = datetime.now(UTC)
     predictions, log_rows = [], []
+    # A model may still overflow on extreme inputs: no number JSON cannot carry.
+    finite = np.isfinite(np.asarray(raw, dtype=np.float64).reshape(len(sent), -1)).all(axis=1)
+    id_field = REQUEST_ID not in served.features.columns
     for position, row in enumerate(sent):
-        given = row.get(REQUEST_ID) if REQUEST_ID not in served.features.columns else None
+        given = row.get(REQUEST_ID) if id_field else None
         request_id = str(given) if given is not None else uuid.uuid4().hex
         item: dict[str, Any] = {"id": request_id, "prediction": _plain(decided[position])}
         if classification:
@@ -620,6 +633,12 @@ def score_records(served: ServedModel, records: list[BaseModel]) -> Scored:
                 str(label): float(p) for label, p in zip(classes, raw[position], strict=True)
             }
         flags = flagged[position]
+        if not finite[position]:
+            item = {"id": request_id, "prediction": None}
+            if classification:
+                item["probabilities"] = None
+            message = "the model's output for this record is not a finite number"
+            flags = {**flags, "prediction": Flag("not_finite", message)}
         if flags:
             item["warnings"] = {name: flag.message for name, flag in flags.items()}
         predictions.append(item)
@@ -758,6 +777,7 @@ def create_app(
     from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
     from fastapi.responses import HTMLResponse, JSONResponse
     from fastapi.staticfiles import StaticFiles
+    from starlette.requests import ClientDisconnect
 
     limits = limits or ServeConfig()
     holder = ModelHolder(source())
@@ -771,7 +791,8 @@ def create_app(
                     served = await run_in_threadpool(holder.reload, source)
                     logger.info("serving: now serving model version %s", served.version)
             except Exception as exc:  # keep serving the old model
-                logger.warning("serving: model poll failed, old model still served: %s", exc)
+                reason = redact(str(exc), os.environ.get("MLFLOW_TRACKING_URI"))
+                logger.warning("serving: model poll failed, old model still served: %s", reason)
 
     @asynccontextmanager
     async def lifespan(_: "FastAPI") -> AsyncIterator[None]:
@@ -839,11 +860,14 @@ def create_app(
             message = f"the body holds {declared} bytes; at most {limits.max_body_bytes}"
             return JSONResponse({"detail": message}, status_code=413)
         raw = bytearray()
-        async for chunk in request.stream():
-            raw += chunk
-            if len(raw) > limits.max_body_bytes:
-                message = f"the body holds over {limits.max_body_bytes} bytes"
-                return JSONResponse({"detail": message}, status_code=413)
+        try:
+            async for chunk in request.stream():
+                raw += chunk
+                if len(raw) > limits.max_body_bytes:
+                    message = f"the body holds over {limits.max_body_bytes} bytes"
+                    return JSONResponse({"detail": message}, status_code=413)
+        except ClientDisconnect:  # nobody is left to answer
+            return JSONResponse({"detail": "the client went away"}, status_code=400)
         # A small body is parsed on the event loop and scored there too, together with
         # those of every other request that reached it in the same turn (`TurnBatcher`).
         # Larger ones go to a thread so that they never hold up the small requests.
@@ -881,8 +905,9 @@ def create_app(
         try:
             served = holder.reload(source)
         except Exception as exc:
-            logger.warning("serving: reload failed, old model still served: %s", exc)
-            detail = f"reload failed, version {previous} still served: {exc}"
+            reason = redact(str(exc), os.environ.get("MLFLOW_TRACKING_URI"))
+            logger.warning("serving: reload failed, old model still served: %s", reason)
+            detail = f"reload failed, version {previous} still served: {reason}"
             return JSONResponse({"detail": detail}, 500)
         return JSONResponse({"model_version": served.version, "previous_version": previous})
 
@@ -1132,8 +1157,12 @@ class EagerAcceptServer:
                 self._loop.remove_reader(self._listener.fileno())
                 self._loop.call_later(1.0, self._resume)
                 return
-            connection.setblocking(False)
-            connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                connection.setblocking(False)
+                connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:  # reset by the client before it was set up
+                connection.close()
+                continue
             task = self._loop.create_task(
                 self._loop.connect_accepted_socket(self._protocol_factory, connection)
             )

@@ -224,6 +224,60 @@ def test_refusals_name_the_problem_and_echo_nothing_unencodable(client: TestClie
     assert deep.status_code == 422 and "nested deeper than 4" in deep.text
     large = client.post("/predict", content=b" " * (LIMITS.max_body_bytes + 1))
     assert large.status_code == 413
+    # Without a Content-Length (chunked): counted as it streams in.
+    chunks = iter([b" " * 600_000, b" " * 600_000])
+    streamed = client.post("/predict", content=chunks)
+    assert streamed.status_code == 413 and "over" in streamed.text
+    # The model takes float32: a larger number would reach it as infinity.
+    beyond = client.post("/predict", content=b'{"x": 1e39, "colour": "red", "day": null}')
+    assert beyond.status_code == 422 and "too large for the model" in beyond.text
+
+
+def test_requests_of_one_loop_turn_are_scored_in_one_call(
+    served: ServedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TurnBatcher: every request that reaches the loop in a turn is scored in one
+    model call, each gets its own answers, and a reload within the turn keeps each
+    request on the model it took."""
+    import asyncio
+    import dataclasses
+
+    from pipeline import serving
+
+    calls: list[int] = []
+    score = serving.score_records
+
+    def counted(model: ServedModel, records: list) -> serving.Scored:
+        calls.append(len(records))
+        return score(model, records)
+
+    monkeypatch.setattr(serving, "score_records", counted)
+    reloaded = dataclasses.replace(served, version="2")
+    bodies = [{**GOOD, "x": float(x), "id": f"r{x}"} for x in range(6)]
+    taken = [served, served, served, reloaded, served, reloaded]
+    parsed = [
+        serving.parse_request(body, model, LIMITS).records
+        for body, model in zip(bodies, taken, strict=True)
+    ]
+
+    async def turn() -> list[serving.Scored]:
+        batcher = serving.TurnBatcher()
+        return await asyncio.gather(
+            *(batcher.score(m, r) for m, r in zip(taken, parsed, strict=True))
+        )
+
+    answers = asyncio.run(turn())
+    assert sorted(calls) == [2, 4]  # one call per model, not one per request
+    alone = [score(m, r) for m, r in zip(taken, parsed, strict=True)]
+    for got, expected, model in zip(answers, alone, taken, strict=True):
+        assert [p["id"] for p in got.predictions] == [p["id"] for p in expected.predictions]
+        # float32 scores of a row alone and among others differ in the last bits only
+        got_p, expected_p = (
+            got.predictions[0]["probabilities"],
+            expected.predictions[0]["probabilities"],
+        )
+        assert got_p == pytest.approx(expected_p, abs=1e-6)
+        assert got.log_rows[0]["model_version"] == model.version
 
 
 def test_the_docs_render_from_local_assets(client: TestClient) -> None:
