@@ -34,6 +34,7 @@ from prefect.states import State
 from flows import _dvc
 from flows.artifacts import publish_retraining, retraining_state
 from flows.training import training_flow
+from pipeline.errors import first_line
 
 _TASK = {"cache_policy": NO_CACHE, "persist_result": False}
 
@@ -167,7 +168,7 @@ def _on_drift(
         landed = land_production(root, params, fingerprint, start, end)
         summary = training_flow(str(root), "drift", params_file)
     except BaseException as exc:
-        detail = {"error": str(exc).splitlines()[0][:500]}
+        detail = {"error": first_line(exc)[:500]}
         rejected = None
         if landed is not None and _data_refused(exc):
             rejected = _move_to_rejected(Path(landed["path"]))

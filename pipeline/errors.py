@@ -44,3 +44,13 @@ class ValidationFailed(DriftlineError):
         self.failures = failures
         self.report_dir = report_dir
         super().__init__(f"{len(failures)} critical expectation(s) failed; report in {report_dir}")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-blank line of an exception's message (a driver's error can run to
+    pages), or its type's name when it has none. Mask secrets in it before showing it
+    (`pipeline.secrets.redact`)."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.errors import DataError, SourceError
+from pipeline.errors import DataError, SourceError, first_line
 from pipeline.features import category_value
 from pipeline.prediction_log import (
     delete_rows_before,
@@ -161,7 +161,7 @@ def _append_sql(rows: pd.DataFrame, url: str, private: bool) -> str:
         with engine.begin() as connection:
             table.to_sql(LABELS_TABLE, connection, if_exists="append", index=False)
     except SQLAlchemyError as exc:
-        reason = redact(str(exc).splitlines()[0], url)
+        reason = redact(first_line(exc), url)
         raise SourceError(f"cannot store labels in {mask_url(url)}: {reason}") from None
     finally:
         engine.dispose()

@@ -18,7 +18,7 @@ import pandas as pd
 
 from pipeline.config import CsvDialect, DataConfig, is_sql_url
 from pipeline.datasets import builtin_bytes
-from pipeline.errors import SourceError
+from pipeline.errors import SourceError, first_line
 from pipeline.secrets import mask_url, redact
 
 BUILTIN_PREFIX = "builtin:"
@@ -90,7 +90,7 @@ def read_parquet(path: Path, payload: bytes | None = None) -> pd.DataFrame:
     try:
         frame = pq.read_table(pa.BufferReader(payload) if payload is not None else path).to_pandas()
     except (pa.ArrowException, OSError) as exc:
-        raise SourceError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from None
+        raise SourceError(f"{path}: not a readable Parquet file ({first_line(exc)})") from None
     return _require_rows(frame, path)
 
 
@@ -146,7 +146,7 @@ def _parse_csv(
     except pd.errors.EmptyDataError:
         raise SourceError(f"{origin}: the file is empty") from None
     except pd.errors.ParserError as exc:
-        raise SourceError(f"{origin}: cannot parse as CSV ({_first_line(exc)})") from None
+        raise SourceError(f"{origin}: cannot parse as CSV ({first_line(exc)})") from None
     except UnicodeDecodeError:
         raise SourceError(
             f"{origin}: not valid {dialect.encoding} text; set data.csv.encoding (e.g. latin-1)"
@@ -236,9 +236,4 @@ def read_sql(url: str, query: str) -> pd.DataFrame:
 def _database_reason(exc: Exception, url: str) -> str:
     """The driver's first line, with any secret of `url` it quotes masked."""
     original = getattr(exc, "orig", None)
-    return redact(_first_line(original if original is not None else exc), url)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0].strip() if lines else type(exc).__name__
+    return redact(first_line(original if original is not None else exc), url)

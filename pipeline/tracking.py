@@ -22,7 +22,7 @@ import pandas as pd
 
 from pipeline.artifacts import folder_digest, write_json_atomic
 from pipeline.config import MlflowConfig
-from pipeline.errors import DataError, DriftlineError, TransientError
+from pipeline.errors import DataError, DriftlineError, TransientError, first_line
 from pipeline.secrets import mask_url, redact
 from pipeline.stores import prepare_store
 
@@ -82,7 +82,7 @@ def start_tracking(config: MlflowConfig, private: bool = True) -> str:
         if isinstance(exc, DriftlineError):
             raise
         raise TrackingError(
-            f"MLflow store {mask_url(uri)} cannot be used: {redact(_first_line(exc), uri)}"
+            f"MLflow store {mask_url(uri)} cannot be used: {redact(first_line(exc), uri)}"
         ) from None
 
 
@@ -98,7 +98,7 @@ def tracking_errors(config: MlflowConfig) -> Iterator[None]:
         error = TrackingUnavailable if _unavailable(exc) else TrackingError
         uri = tracking_uri(config)
         raise error(
-            f"MLflow store {mask_url(uri)} failed while logging: {redact(_first_line(exc), uri)}"
+            f"MLflow store {mask_url(uri)} failed while logging: {redact(first_line(exc), uri)}"
         ) from None
 
 
@@ -170,11 +170,6 @@ def _check_server(uri: str) -> None:
             f"MLflow server {mask_url(uri)} is not reachable ({reason}): start it, or unset "
             "MLFLOW_TRACKING_URI to use the local store"
         ) from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def provenance_tags(data_files: list[Path]) -> dict[str, str]:

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import Task
-from pipeline.errors import DataError
+from pipeline.errors import DataError, first_line
 from pipeline.features import FeatureArrays, FeatureSpec
 from pipeline.models.base import FitReport, Learner, StepCallback, TrainingData, validation_loss
 
@@ -179,7 +179,7 @@ def load_pipeline(path: Path) -> Any:
     try:
         named = skops.io.get_untrusted_types(file=path)
     except _UNREADABLE as exc:
-        raise DataError(f"{path}: not a readable skops file ({_first_line(exc)})") from None
+        raise DataError(f"{path}: not a readable skops file ({first_line(exc)})") from None
     unexpected = sorted(set(named) - set(TRUSTED_TYPES))
     if unexpected:
         # repr: a name read from the file stays one line, whatever it holds.
@@ -193,9 +193,4 @@ def load_pipeline(path: Path) -> Any:
     try:
         return skops.io.load(path, trusted=list(TRUSTED_TYPES))
     except _UNREADABLE as exc:
-        raise DataError(f"{path}: not a readable skops file ({_first_line(exc)})") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0].strip() if lines else type(exc).__name__
+        raise DataError(f"{path}: not a readable skops file ({first_line(exc)})") from None

@@ -62,7 +62,7 @@ from pipeline.config import (
     load_params,
 )
 from pipeline.console import report_user_errors, say
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, first_line
 from pipeline.metrics import rounded
 from pipeline.schema import DatasetSpec
 from pipeline.secrets import mask_url, redact
@@ -196,8 +196,7 @@ def make_study(config: TuneConfig, name: str) -> optuna.Study:
                 attempt += 1
                 time.sleep(0.5 * attempt)
                 continue
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            first = redact(first, config.storage)
+            first = redact(first_line(exc), config.storage)
             raise ConfigError(f"tune.storage: cannot open {shown!r} ({first})") from None
 
 
