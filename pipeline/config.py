@@ -250,6 +250,16 @@ class CleanConfig(Section):
     columns: dict[str, ColumnPolicy] = Field(default_factory=dict)
     calendar_features: dict[str, list[CalendarPart]] = Field(default_factory=dict)
 
+    def override(self, column: str, field: str) -> str | None:
+        """`column`'s own `field` policy from `clean.columns`, if one is set."""
+        policy = self.columns.get(column)
+        return getattr(policy, field) if policy is not None else None
+
+    def policy(self, column: str, field: str) -> str:
+        """The `field` policy (`out_of_range`, `unknown_category`, ...) that applies
+        to `column`: its own from `clean.columns`, else the section's."""
+        return self.override(column, field) or getattr(self, field)
+
 
 # --- split --------------------------------------------------------------------------------
 

@@ -86,14 +86,8 @@ class RowRules:
         """The rules clean applied to this data set (`fills`: from clean's report)."""
         schema = spec.schema
 
-        def policy(column: str, name: str) -> str:
-            override = config.columns.get(column)
-            return (getattr(override, name) if override is not None else None) or getattr(
-                config, name
-            )
-
         numeric = {
-            column: NumericRule(rules.min, rules.max, policy(column, "out_of_range"))
+            column: NumericRule(rules.min, rules.max, config.policy(column, "out_of_range"))
             for column, rules in schema.numeric.items()
             if column != spec.target
         }
@@ -101,7 +95,7 @@ class RowRules:
             column: CategoryRule(
                 tuple(rules.values) if rules.values is not None else None,
                 bool(rules.values) and all(_is_number(v) for v in rules.values or ()),
-                policy(column, "unknown_category"),
+                config.policy(column, "unknown_category"),
             )
             for column, rules in schema.categorical.items()
             if column != spec.target

@@ -103,7 +103,7 @@ def clean(frame: pd.DataFrame, spec: DatasetSpec, config: CleanConfig) -> Cleane
         outside = values.lt(rules.min if rules.min is not None else -float("inf")) | values.gt(
             rules.max if rules.max is not None else float("inf")
         )
-        policy = _policy(config, column, "out_of_range")
+        policy = config.policy(column, "out_of_range")
         if column == spec.target and policy in ("clip", "null"):
             policy = "drop"  # a label is never altered: an impossible one is removed
         if policy == "clip":
@@ -119,7 +119,7 @@ def clean(frame: pd.DataFrame, spec: DatasetSpec, config: CleanConfig) -> Cleane
         if column not in frame or rules.values is None:
             continue
         unknown = frame[column].notna() & ~frame[column].isin(rules.values)
-        policy = "drop" if column == spec.target else _policy(config, column, "unknown_category")
+        policy = "drop" if column == spec.target else config.policy(column, "unknown_category")
         if policy == "null":
             log.changed(column, "unknown_category_to_null", unknown.sum())
             frame[column] = frame[column].mask(unknown)
@@ -189,16 +189,6 @@ def _coerce_categorical(
     return text.astype(object).where(values.notna(), None)
 
 
-def _override(config: CleanConfig, column: str, field: str) -> str | None:
-    """The per-column policy from `clean.columns`, if one is set."""
-    override = config.columns.get(column)
-    return getattr(override, field) if override is not None else None
-
-
-def _policy(config: CleanConfig, column: str, field: str) -> str:
-    return _override(config, column, field) or getattr(config, field)
-
-
 def _fill_missing(
     frame: pd.DataFrame,
     column: str,
@@ -208,7 +198,7 @@ def _fill_missing(
 ) -> pd.DataFrame:
     missing = frame[column].isna()
     kind = spec.schema.kind_of(column)
-    chosen = _override(config, column, "missing")
+    chosen = config.override(column, "missing")
     if kind == "datetime":
         policy = chosen or config.missing_datetime
         allowed = {"keep", "drop"}
