@@ -17,7 +17,7 @@ It is a benchmark, not a test: it asserts nothing and writes nothing in the repo
   is not skewed by how the separate stage runs above happened to go.
 
 MLflow, Optuna and Prefect state live in the temporary copies, which are removed at the
-end unless `--keep`. `--trials` and `--timeout` shrink the tuning budget so the whole
+end unless `--keep`. `--trials` shrinks the tuning budget so the whole
 benchmark takes a few minutes on two cores. The training stages are sensitive to
 other work on the machine (train and tune ran several times slower while test suites
 ran beside them): the header shows the load average at the start.
@@ -187,6 +187,9 @@ class DvcFigures:
 
     cold: float
     noop: float
+    # The same no-op with ruamel's pure-Python YAML parser, side by side: what a
+    # checkout without ruamel.yaml.clib pays.
+    noop_pure: float
     stages: dict[str, float] = field(default_factory=dict)
 
 
@@ -197,7 +200,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="Time each DVC stage and its start-up overhead on a cold pipeline run.",
     )
     parser.add_argument("--trials", type=int, default=10, help="tune.n_trials (default 10)")
-    parser.add_argument("--timeout", type=int, default=60, help="tune.timeout in s (default 60)")
+    parser.add_argument(
+        "--timeout",
+        type=int,
+        default=None,
+        help="tune.timeout in s, a safety net (default none: the trials decide)",
+    )
     parser.add_argument(
         "--repeat", type=int, default=1, help="cold runs of the pipeline and of dvc repro"
     )
@@ -231,7 +239,7 @@ def quiet_env(project: Path, bin_dir: Path = BIN) -> dict[str, str]:
     }
 
 
-def make_project(root: Path, trials: int, timeout: int) -> Path:
+def make_project(root: Path, trials: int, timeout: int | None) -> Path:
     """A fresh copy of what the stages read: params.yaml (with the tuning budget cut),
     dvc.yaml, pipeline/ (stage deps for DVC, and what `python -m` imports from the
     copy's cwd) and an empty landing folder."""
@@ -375,12 +383,28 @@ def run_dvc(project: Path) -> DvcFigures:
     timed([dvc, "config", "core.analytics", "false"], project, env)
     cold, _ = timed([dvc, "repro"], project, env)
     stages = read_shim_log(log)
-    noop, out = timed([dvc, "repro"], project, env)
-    # deploy is always_changed (the champion lives in the registry): it runs every time.
-    rerun = set(re.findall(r"Running stage '([^']+)'", out)) - {"deploy"}
-    if rerun:
-        print(f"warning: the no-op dvc repro re-ran {', '.join(sorted(rerun))}", file=sys.stderr)
-    return DvcFigures(cold=cold, noop=noop, stages=stages)
+    noops, pures = [], []
+    for _ in range(NOOP_SAMPLES):  # alternated, so that both see the same load
+        noop, out = timed([dvc, "repro"], project, env)
+        rerun = set(re.findall(r"Running stage '([^']+)'", out))
+        if rerun:
+            print(f"warning: the no-op dvc repro ran {', '.join(sorted(rerun))}", file=sys.stderr)
+        noops.append(noop)
+        pures.append(timed([str(BIN / "python"), "-c", PURE_YAML_REPRO], project, env)[0])
+    return DvcFigures(
+        cold=cold,
+        noop=statistics.median(noops),
+        noop_pure=statistics.median(pures),
+        stages=stages,
+    )
+
+
+NOOP_SAMPLES = 5
+# `dvc repro` with ruamel's C parser switched off (YAML() falls back to the pure one).
+PURE_YAML_REPRO = (
+    "import sys, ruamel.yaml.main as m; m.CParser = None; "
+    "from dvc.cli import main; sys.exit(main(['repro']))"
+)
 
 
 def row_count(project: Path) -> int | None:
@@ -446,7 +470,11 @@ def print_totals(figures: list[StageFigures], dvc: DvcFigures | None) -> None:
         f"  start-up overhead share:      {overhead:7.2f} s = {percent(overhead, dvc.cold)}"
         " (sum of overheads / dvc repro)"
     )
-    print(f"no-op dvc repro:                {dvc.noop:7.2f} s (nothing changed: deploy runs)")
+    print(
+        f"no-op dvc repro:                {dvc.noop:7.2f} s (nothing changed, no stage runs;"
+        f" median of {NOOP_SAMPLES})"
+    )
+    print(f"  with the pure-Python YAML parser: {dvc.noop_pure:5.2f} s (same runs, alternated)")
 
 
 def describe(args: argparse.Namespace, family: str, rows: int | None, load: float) -> None:
@@ -456,7 +484,8 @@ def describe(args: argparse.Namespace, family: str, rows: int | None, load: floa
     print(
         f"Driftline stage benchmark: {params['data']['source']}, "
         f"{f'{rows:,} rows' if rows else 'rows unknown'}, model {family}; "
-        f"tune budget {args.trials} trials / {args.timeout} s"
+        f"tune budget {args.trials} trials"
+        + (f" (safety net {args.timeout} s)" if args.timeout else "")
     )
     print(
         f"{args.repeat} cold run(s) (median), imports median of {args.samples}; "
@@ -487,6 +516,7 @@ def run_all_dvc(root: Path, args: argparse.Namespace) -> DvcFigures:
     return DvcFigures(
         cold=statistics.median(run.cold for run in runs),
         noop=statistics.median(run.noop for run in runs),
+        noop_pure=statistics.median(run.noop_pure for run in runs),
         stages=medians([run.stages for run in runs]),
     )
 

@@ -435,14 +435,16 @@ def json_limit_errors(body: Any, limits: ServeConfig) -> list[dict[str, Any]]:
                 errors.append(_error(loc, message, "json_depth"))
                 continue
             items = value.items() if isinstance(value, dict) else enumerate(value)
+            # A field's location is built only when it is needed: for a nested value,
+            # or an error. Most values are plain and fine.
             for key, item in items:
-                where = (*loc, _safe(key))
                 if isinstance(key, str) and (problem := _text_problem(key, limits)):
-                    errors.append(_error(where, f"field name {problem}", "string_invalid"))
+                    message = f"field name {problem}"
+                    errors.append(_error((*loc, _safe(key)), message, "string_invalid"))
                 elif isinstance(item, dict | list):
-                    stack.append((item, depth + 1, where))
+                    stack.append((item, depth + 1, (*loc, _safe(key))))
                 elif (problem := _scalar_problem(item, limits)) is not None:
-                    errors.append(_error(where, problem, "value_invalid"))
+                    errors.append(_error((*loc, _safe(key)), problem, "value_invalid"))
         elif (problem := _scalar_problem(value, limits)) is not None:
             errors.append(_error(loc, problem, "value_invalid"))
     return errors

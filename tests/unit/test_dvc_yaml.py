@@ -543,3 +543,13 @@ def test_dvc_status_flags_the_stages_that_read_a_changed_param(
     with edited(path, yaml.safe_dump(params, sort_keys=False)):
         # check reads all of params.yaml: any edit is checked against the data first
         assert stale_stages(stubbed) == {"check", *stale}
+
+
+def test_dvc_parses_yaml_with_the_c_parser() -> None:
+    """Every `dvc repro`, a no-op too, parses dvc.yaml, dvc.lock and params.yaml (once per
+    stage that declares params). ruamel.yaml 0.19 no longer installs its C parser, and
+    the pure-Python one makes a no-op repro half again as slow (bench/stages.py prints
+    both): pyproject.toml depends on ruamel.yaml.clib."""
+    from ruamel.yaml.main import CParser
+
+    assert CParser is not None, "ruamel.yaml.clib is not installed: `make .venv/.installed`"
