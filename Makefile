@@ -18,7 +18,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 # dvc.yaml's stage commands run `python`: the one in .venv.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run test test-fast test-multihost lint format lock clean-venv
+.PHONY: run test test-fast test-multihost lint format lock clean-venv screenshots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,11 @@ test-fast: $(VENV)/.installed
 # namespaces; otherwise the hosts are separate folders on 127.0.0.1.
 test-multihost: $(VENV)/.installed
 	$(BIN)/python -m pytest -m multihost tests/multihost
+
+# README's pictures of the Prefect and Evidently UIs, into docs/: after `driftline up` and
+# `driftline simulate` here, with Debian's chromium (`apt-get install -y chromium`).
+screenshots: $(VENV)/.installed
+	$(BIN)/python scripts/screenshots.py
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

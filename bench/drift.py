@@ -31,6 +31,20 @@ header says so and the peak covers the whole process.)
 
 The speed-up is Evidently's run over the check (read + check_drift), and over profile
 plus check (a window checked against a reference never profiled before).
+
+Then the check from the log's summaries (pipeline/summaries.py), in two more workers:
+
+- summaries: what serving's flush thread pays to summarise 1,000 logged rows, then the
+  window cut into 24 hours and stored as 24 hourly summaries (what each hour's flush
+  summaries merge into), as a parquet log stores them;
+- summary-check: `read_profile`, reading and merging the 24 summaries, and
+  `check_summary`: what the monitor pays per decision. Its verdicts are set against
+  Evidently's and the row check's on the same window.
+
+Both run again for a window `--bigger` times larger (10x: 10M rows at --rows 1000000,
+the same 24 hours with ten times the traffic, built an hour at a time; Evidently does
+not run on it). `--fixtures` instead prints, in seconds, the sketch's verdicts against
+the row check's on the bike, ELEC2 and bank fixtures.
 """
 
 from __future__ import annotations
@@ -231,18 +245,156 @@ def run_check(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-WORKERS = {"evidently": run_evidently, "profile": run_profile, "check": run_check}
+HOURS = 24  # the window's hours: the summaries a check merges
+REPEATS = 5  # the check from summaries is timed this many times; the median counts
 
 
-def spawn(worker: str, args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
-    """Run one worker in a fresh interpreter; its figures from the JSON it writes."""
-    out = scratch / f"{worker}.json"
+def hourly_frames(rows: int, cols: int, seed: int, whole: int):
+    """The window as `HOURS` frames of about rows / HOURS rows each. A window of
+    `whole` rows (`--rows`) is `make_frame`'s window cut in hours, the rows the other
+    methods check; a bigger one is built an hour at a time (never whole), seeded per hour."""
+    window = make_frame(rows, cols, seed, current=True) if rows == whole else None
+    bounds = np.linspace(0, rows, HOURS + 1).astype(np.int64)
+    for hour in range(HOURS):
+        if window is not None:
+            yield hour, window.iloc[bounds[hour] : bounds[hour + 1]]
+        else:
+            size = int(bounds[hour + 1] - bounds[hour])
+            yield hour, make_frame(size, cols, seed * 1000 + hour + 1, current=True)
+
+
+def run_summaries(args: argparse.Namespace) -> dict[str, Any]:
+    """What serving pays as it logs: summaries of 1,000-row flushes (timed), then the
+    window's hourly summaries stored as a parquet log stores them (what the hour's
+    flush summaries merge into)."""
+    from datetime import UTC, datetime, timedelta
+
+    from pipeline.prediction_log import FEATURE_PREFIX, log_table
+    from pipeline.summaries import (
+        HOUR,
+        Summary,
+        summarise_columns,
+        summarise_table,
+        summary_bytes,
+        write_summary_file,
+    )
+
+    # A flush as serving's log holds it (`log_table`): summarised, then encoded.
+    flush = make_frame(1000, args.cols, args.seed, current=True)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    records = flush.astype(object).where(flush.notna(), None).to_dict(orient="records")
+    table = log_table(
+        [
+            {"request_id": str(i), "timestamp": start, "model_version": "1", "inputs": row}
+            | {"prediction": 1.0}
+            for i, row in enumerate(records)
+        ]
+    )
+    for _ in range(2):  # warm-up
+        summary_bytes(summarise_table(table, FEATURE_PREFIX)[0])
+    repeats = 20
+    started = time.perf_counter()
+    for _ in range(repeats):
+        summary_bytes(summarise_table(table, FEATURE_PREFIX)[0])
+    per_flush = (time.perf_counter() - started) / repeats
+    shutil.rmtree(args.summary_dir, ignore_errors=True)
+    started = time.perf_counter()
+    stored = 0
+    for hour, frame in hourly_frames(args.rows, args.cols, args.seed, args.window_rows):
+        begin = start + timedelta(hours=hour)
+        summary: Summary = summarise_columns(
+            {name: frame[name].to_numpy() for name in frame.columns},
+            begin,
+            begin + HOUR,
+            len(frame),
+        )
+        write_summary_file(args.summary_dir, summary, private=False)
+        stored += len(frame)
+    size = sum(path.stat().st_size for path in args.summary_dir.rglob("*.parquet"))
+    return {
+        "per_1000_rows_s": per_flush,
+        "hourly_s": time.perf_counter() - started,
+        "rows": stored,
+        "summaries_kb": size / 1024,
+    }
+
+
+def run_summary_check(args: argparse.Namespace) -> dict[str, Any]:
+    """What the monitor pays per decision from summaries: read the profile, read and
+    merge the window's hourly summaries, compare."""
+    from datetime import UTC, datetime, timedelta
+
+    started = time.perf_counter()
+    # Imported on first use (the summaries' parquet reader, the statistics): imports.
+    import pyarrow.parquet  # noqa: F401
+    import scipy.spatial.distance
+    import scipy.stats  # noqa: F401
+
+    from pipeline.drift import read_profile
+    from pipeline.summaries import check_summary, merge_summaries, read_hour_summaries
+
+    imported = time.perf_counter() - started
+    first = datetime(2026, 1, 1, tzinfo=UTC)
+    hours = [first + timedelta(hours=hour) for hour in range(HOURS)]
+    before, reset = start_measuring()
+    timings = []
+    for _ in range(REPEATS):  # the machine is shared: the median of a few runs
+        started = time.perf_counter()
+        profile = read_profile(args.profile_dir)
+        loaded = time.perf_counter()
+        found = read_hour_summaries(args.summary_dir, hours)
+        summaries = [summary for parts in found.values() for summary in parts]
+        merged = merge_summaries(summaries)
+        merged_at = time.perf_counter()
+        checked = check_summary(profile, merged, drift_share=0.5)
+        done = time.perf_counter()
+        timings.append((done - started, loaded - started, merged_at - loaded, done - merged_at))
+    first = timings[0][0]
+    wall, read, merge, compare = (float(np.median(column)) for column in zip(*timings, strict=True))
+    result = checked.result
+    return {
+        "import_s": imported,
+        "wall_s": wall,
+        "first_s": first,
+        "read_s": read,
+        "merge_s": merge,
+        "check_s": compare,
+        "summaries": len(summaries),
+        "rows": merged.rows,
+        "rss_before_mb": before,
+        "peak_reset": reset,
+        "peak_rss_mb": peak_rss_mb(),
+        "verdicts": result.verdicts,
+        "methods": {column.column: column.method for column in result.columns},
+        "statistics": {column.column: column.statistic for column in result.columns},
+        "bounds": checked.bounds,
+        "uncertain": list(checked.uncertain),
+        "share": result.share,
+    }
+
+
+WORKERS = {
+    "evidently": run_evidently,
+    "profile": run_profile,
+    "check": run_check,
+    "summaries": run_summaries,
+    "summary-check": run_summary_check,
+}
+
+
+def spawn(
+    worker: str, args: argparse.Namespace, scratch: Path, rows: int | None = None
+) -> dict[str, Any]:
+    """Run one worker in a fresh interpreter; its figures from the JSON it writes.
+    `rows` (default `--rows`) sizes the window; its summaries go to their own folder."""
+    rows = args.rows if rows is None else rows
+    out = scratch / f"{worker}-{rows}.json"
     argv = [
         sys.executable,
         "-m",
         "bench.drift",
         "--rows",
-        str(args.rows),
+        str(rows),
         "--cols",
         str(args.cols),
         "--reference-rows",
@@ -253,6 +405,10 @@ def spawn(worker: str, args: argparse.Namespace, scratch: Path) -> dict[str, Any
         worker,
         "--profile-dir",
         str(scratch / "drift_profile"),
+        "--summary-dir",
+        str(scratch / f"summaries-{rows}"),
+        "--window-rows",
+        str(args.rows),
         "--out",
         str(out),
     ]
@@ -281,7 +437,7 @@ def print_figures(args: argparse.Namespace, figures: dict[str, dict[str, Any]], 
     )
     if load >= 1:
         print(f"warning: the machine was busy (load {load:.2f}): the figures may be inflated")
-    if not all(entry["peak_reset"] for entry in figures.values()):
+    if not all(entry.get("peak_reset", True) for entry in figures.values()):
         print("note: the peak RSS could not be reset: it covers building the frames too")
     print()
     header = (
@@ -333,6 +489,147 @@ def print_figures(args: argparse.Namespace, figures: dict[str, dict[str, Any]], 
     print(f"disagreements: {len(differ)}{': ' + ', '.join(differ) if differ else ''}")
 
 
+def print_summary_figures(
+    args: argparse.Namespace, figures: dict[str, dict[str, Any]], load: float, load_end: float
+) -> None:
+    """The check from stored hourly summaries, against Evidently and the row check."""
+    evidently, check = figures["evidently"], figures["check"]
+    small, big = figures["summary-check"], figures["summary-check-big"]
+    built, built_big = figures["summaries"], figures["summaries-big"]
+    print()
+    print(
+        f"Check from the log's summaries: the window as {HOURS} hourly summaries "
+        f"(what serving's flush summaries merge into); load average {load:.2f} at the "
+        f"start, {load_end:.2f} at the end"
+    )
+    print(
+        f"building summaries (serving's flush thread: summarise + encode, not the file "
+        f"write): {built['per_1000_rows_s'] * 1000:.1f} ms per 1,000 rows; the {HOURS} "
+        f"hourly summaries of {built['rows']:,} rows: "
+        f"{built['summaries_kb']:.0f} KiB on disk ({built_big['rows']:,} rows: "
+        f"{built_big['summaries_kb']:.0f} KiB)"
+    )
+    print(
+        f"each check run {REPEATS} times in its process: the median, and the first run "
+        "(cold: files and profile not yet in memory)"
+    )
+    header = (
+        f"{'check':<44} {'wall s':>8} {'first s':>8} {'read s':>8} {'merge s':>8} {'compare s':>10}"
+    )
+    print(header)
+    print("-" * len(header))
+    for label, entry in (
+        (f"summaries, {small['rows']:,} rows", small),
+        (f"summaries, {big['rows']:,} rows ({args.bigger}x)", big),
+    ):
+        print(
+            f"{label:<44} {entry['wall_s']:>8.3f} {entry['first_s']:>8.3f} "
+            f"{entry['read_s']:>8.3f} {entry['merge_s']:>8.3f} {entry['check_s']:>10.3f}"
+        )
+    print(f"{'rows: read profile + check_drift':<44} {check['wall_s']:>8.3f}")
+    print(f"{'Evidently DataDriftPreset':<44} {evidently['wall_s']:>8.3f}")
+    print(f"speed-up, Evidently / summary check:     {evidently['wall_s'] / small['wall_s']:7.1f}x")
+    print(
+        f"  the same, first run against first run:  {evidently['wall_s'] / small['first_s']:7.1f}x"
+    )
+    print(f"speed-up, row check / summary check:     {check['wall_s'] / small['wall_s']:7.1f}x")
+    print(
+        f"{args.bigger}x window / 1x window, summary check: "
+        f"{big['wall_s'] / small['wall_s']:.2f}x the time"
+    )
+    theirs, ours = evidently["verdicts"], small["verdicts"]
+    print(f"{'column':<8} {'method':<14} {'rows':>12} {'summaries':>12} {'bound':>10}  drifted")
+    for column in ours:
+        print(
+            f"{column:<8} {small['methods'][column]:<14} {check['statistics'][column]:>12.6g}"
+            f" {small['statistics'][column]:>12.6g} {small['bounds'][column]:>10.2g}"
+            f"  {ours[column]!s:>5} (Evidently {theirs.get(column)!s})"
+        )
+    differ = sorted(c for c in set(ours) | set(theirs) if ours.get(c) != theirs.get(c))
+    uncertain = small["uncertain"]
+    print(
+        f"summary check vs Evidently: {len(differ)} disagreements"
+        f"{': ' + ', '.join(differ) if differ else ''}; columns too close to call from "
+        f"summaries (the monitor reads their rows): {', '.join(uncertain) or 'none'}"
+    )
+    print(
+        f"summary check vs row check: "
+        f"{sum(ours[c] != check['verdicts'][c] for c in ours)} disagreements"
+    )
+
+
+FIXTURE_DATASETS = {
+    "bike": ("params.yaml", "bike_sharing_2000.csv"),
+    "elec2": ("examples/elec2.params.yaml", "elec2_3000.csv"),
+    "bank": ("examples/bank_marketing.params.yaml", "bank_marketing_3000.csv"),
+}
+
+
+def print_fixture_figures() -> None:
+    """The sketch's verdicts against the row check's on the real fixtures: the first
+    60% of rows as the reference, the rest (and the rest shifted: a third of the
+    numerics by half a deviation) as the window, summarised per 100-row flush, with
+    every numeric column of more than five values forced into buckets (these windows
+    are too small to overflow `EXACT_VALUES` on their own)."""
+    from pipeline.config import load_params
+    from pipeline.drift import FEW_VALUES, build_profile, check_drift, profile_columns
+    from pipeline.schema import resolve_spec
+    from pipeline.sources import read_source
+    from pipeline.summaries import HOUR, Summary, as_sketch, check_summary, merge_summaries
+    from pipeline.summaries import summarise_columns as summarise
+
+    fixtures = REPO / "tests" / "fixtures"
+    start = pd.Timestamp("2026-01-01", tz="UTC").to_pydatetime()
+    print(
+        f"{'data':<6} {'window':<8} {'columns':>7} {'sketched':>8} {'too close':>9} "
+        f"{'disagree':>8} {'max |stat diff|':>15} {'max bound':>10}"
+    )
+    for name, (params_file, fixture) in FIXTURE_DATASETS.items():
+        data = load_params(REPO / params_file).data
+        data = data.model_copy(update={"source": str(fixtures / fixture)})
+        frame = read_source(data).frame
+        numeric, categorical = profile_columns(frame, resolve_spec(frame, data))
+        cut = int(len(frame) * 0.6)
+        profile = build_profile(frame.iloc[:cut], numeric, categorical)
+        later = frame.iloc[cut:]
+        moved = later.copy()
+        for column in numeric[::3]:
+            values = pd.to_numeric(moved[column], errors="coerce")
+            moved[column] = values + 0.5 * values.std()
+        for label, window in (("later", later), ("shifted", moved)):
+            window = window[list(profile.names)]
+            parts = [
+                summarise(
+                    {c: chunk[c].to_numpy() for c in chunk.columns}, start, start + HOUR, len(chunk)
+                )
+                for chunk in (window.iloc[i : i + 100] for i in range(0, len(window), 100))
+            ]
+            merged = merge_summaries(parts)
+            columns = {
+                c: as_sketch(s) if c in profile.numeric and s.values.size > FEW_VALUES else s
+                for c, s in merged.columns.items()
+            }
+            summary = Summary(merged.start, merged.end, merged.rows, columns)
+            checked = check_summary(profile, summary)
+            rows = check_drift(profile, window)
+            differ = sum(
+                checked.result.verdicts[c] != rows.verdicts[c]
+                for c in profile.names
+                if c not in checked.uncertain
+            )
+            sketched = [c for c, s in columns.items() if not s.exact]
+            gaps = [
+                abs(a.statistic - b.statistic)
+                for a, b in zip(checked.result.columns, rows.columns, strict=True)
+                if a.column in sketched
+            ]
+            print(
+                f"{name:<6} {label:<8} {len(profile.names):>7} {len(sketched):>8} "
+                f"{len(checked.uncertain):>9} {differ:>8} {max(gaps, default=0):>15.2e} "
+                f"{max(checked.bounds.values()):>10.2e}"
+            )
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.drift",
@@ -346,6 +643,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic frames")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--profile-dir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--summary-dir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--window-rows", type=int, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--fixtures",
+        action="store_true",
+        help="only the sketch's verdicts on the bike, ELEC2 and bank fixtures (seconds)",
+    )
+    parser.add_argument(
+        "--bigger", type=int, default=10, help="the larger window, as a multiple of --rows"
+    )
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.reference_rows is None:
@@ -357,6 +664,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.fixtures:
+        print_fixture_figures()
+        return
     if args.worker:
         figures = WORKERS[args.worker](args)
         args.out.write_text(json.dumps(figures))
@@ -365,8 +675,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     scratch = Path(tempfile.mkdtemp(prefix="driftline-bench-drift-"))
     try:
         figures = {worker: spawn(worker, args, scratch) for worker in ("profile", "check")}
+        figures["summaries"] = spawn("summaries", args, scratch)
+        figures["summary-check"] = spawn("summary-check", args, scratch)
+        bigger = args.rows * args.bigger
+        figures["summaries-big"] = spawn("summaries", args, scratch, rows=bigger)
+        figures["summary-check-big"] = spawn("summary-check", args, scratch, rows=bigger)
         figures["evidently"] = spawn("evidently", args, scratch)
         print_figures(args, figures, load)
+        print_summary_figures(args, figures, load, os.getloadavg()[0])
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -5,15 +5,18 @@ arrived, and compares the window with the champion's reference: the sample and d
 profile `split` drew for the champion, registered with it by `deploy` (never this
 checkout's `data/reference`, which a refused candidate may have replaced):
 
-- **the decision** comes from the fast drift check (`pipeline.drift.check_drift`, over
-  the profile `split` precomputed) under the drift rule (pipeline/drift_rule.py:
-  calendar columns reported but not counted, each column weighed by the champion's
-  feature importance, prediction drift, the reference rows from the window's weeks of
-  the year) and, once enough labels are in, the champion's
-  primary metric on the labelled rows against its test score (`pipeline.monitoring`);
+- **the decision** comes from the fast drift check (the window's hourly summaries that
+  the prediction log stored, `pipeline.summaries`, else `pipeline.drift.check_drift` on
+  its rows, against the profile `split` precomputed) under the drift rule
+  (pipeline/drift_rule.py: calendar columns reported but not counted, each column
+  weighed by the champion's feature importance, prediction drift, the reference rows
+  from the window's weeks of the year) and the champion's primary metric against its
+  test score: measured on the labelled rows once enough labels are in, estimated
+  without labels before (`pipeline.quality_estimate`);
 - **the report** is Evidently's `DataDriftPreset` plus prediction drift, saved as HTML
   and JSON to `reports/monitoring/<time>/`, logged to an MLflow run, and added to the
-  Evidently workspace (`evidently ui --workspace evidently` shows the history).
+  Evidently workspace with the decision's figures, whose dashboard plots the checks over
+  time (pipeline/evidently_dashboard.py; `evidently ui --workspace evidently`).
 
 The decision and its numbers are recorded whichever way it goes (`decision.json`, and a
 line in `reports/monitoring/decisions.jsonl`, both logged with the MLflow run). On drift
@@ -73,20 +76,30 @@ def seasonal_reference(champion: Any, window: Any, config: Any, time_column: str
 
 @task(name="fast drift check", **_TASK)
 def fast_check(champion: Any, window: Any, config: Any) -> Any:
-    from pipeline.monitoring import drift_check
+    """The drift check, from the log's stored summaries where they cover the window's
+    hours (`FastCheck.method` says which rows came from where)."""
+    from pipeline.monitoring import fast_drift_check
 
-    return drift_check(champion, window, config)
+    return fast_drift_check(champion, window, config)
 
 
 @task(name="quality check", **_TASK)
 def quality(window: Any, champion: Any, min_labelled: int) -> Any:
+    """The primary metric measured on the labelled rows, or, until there are enough,
+    estimated on every row by the estimator registered with the champion."""
     from pipeline.monitoring import quality_check
 
     meta = champion.served.meta
     metric = (meta.get("onnx") or {}).get("metric") or "rmse"
     reference = (meta.get("metrics") or {}).get(metric)
     return quality_check(
-        window, meta["task"], metric, list(meta["classes"]), reference, min_labelled
+        window,
+        meta["task"],
+        metric,
+        list(meta["classes"]),
+        reference,
+        min_labelled,
+        champion.quality,  # CBPE or DLE, used until enough labels are in
     )
 
 
@@ -96,18 +109,29 @@ def evidently_report(
     folder: Path,
     window: Any,
     champion: Any,
+    record: dict[str, Any],
     drift_share: float,
     workspace: str,
     private: bool,
+    time_column: str | None = None,
 ) -> dict[str, str]:
-    """The report for people: HTML and JSON in `folder`, and a run in the workspace."""
+    """The report for people: HTML and JSON in `folder`, and a snapshot in the workspace's
+    project `driftline`, whose dashboard plots the checks over time. The snapshot holds
+    the decision's figures (`record`), its model version and window as metadata, and is
+    stamped with the time of the window's newest row (pipeline/evidently_dashboard.py)."""
     from pipeline.drift import evidently_report as build
+    from pipeline.drift_rule import calendar_aligned
+    from pipeline.evidently_dashboard import add_check, check_time, stamped_snapshot
+    from pipeline.monitoring import window_times
 
     profile, reference = champion.profile, champion.reference
-    predicted = champion.served.model.predict(reference)
+    features = window.features(profile.names)
+    # The reference's predictions as the decision made them: with the window's calendar.
+    roles = {column["column"]: column["role"] for column in record.get("columns") or []}
+    predicted = champion.served.model.predict(calendar_aligned(reference, features, roles))
     reference = reference.assign(**{PREDICTION: predicted})
-    current = window.features(profile.names).assign(**{PREDICTION: _window_predictions(window)})
-    snapshot = build(
+    current = features.assign(**{PREDICTION: _window_predictions(window)})
+    report = build(
         reference,
         current,
         profile.numeric,
@@ -115,10 +139,12 @@ def evidently_report(
         prediction=PREDICTION,
         drift_share=drift_share,
     )
+    time = check_time(record, window_times(window, time_column))
+    snapshot = stamped_snapshot(report, record, drift_share, time)
     html, data = folder / "report.html", folder / "report.json"
     snapshot.save_html(str(html))
     snapshot.save_json(str(data))
-    _add_to_workspace(create_folder(root / workspace, private), snapshot)
+    add_check(create_folder(root / workspace, private), snapshot)
     return {"html": str(html), "json": str(data)}
 
 
@@ -126,15 +152,6 @@ def _window_predictions(window: Any) -> Any:
     frame = window.frame
     numeric = frame["prediction_value"]
     return numeric if numeric.notna().all() else frame["prediction"]
-
-
-def _add_to_workspace(path: Path, snapshot: Any) -> None:
-    from evidently.ui.workspace import Workspace
-
-    workspace = Workspace.create(str(path))
-    found = workspace.search_project("driftline")
-    project = found[0] if found else workspace.create_project("driftline")
-    workspace.add_run(project.id, snapshot)
 
 
 @task(name="log to MLflow", **_TASK)
@@ -168,8 +185,11 @@ def _figures(record: dict[str, Any]) -> dict[str, float]:
     if record.get("drift_share") is not None:
         figures["share_of_drifted_columns"] = float(record["drift_share"])
     quality = record.get("quality") or {}
-    if quality.get("judged"):
-        figures["quality_current"] = float(quality["current"])
+    # Measured on the labels, estimated without them (CBPE, DLE): each when there is one.
+    for name in ("current", "estimated"):
+        if quality.get(name) is not None:
+            figures[f"quality_{name}"] = float(quality[name])
+    if quality.get("judged") and quality.get("drop") is not None:
         figures["quality_drop"] = float(quality["drop"])
     return figures
 
@@ -245,11 +265,13 @@ def _monitor(
 
     champion = load_champion(params)
     champion = seasonal_reference(champion, window, config, params.data.time_column)
-    drift = fast_check(champion, window, config)
+    checked_drift = fast_check(champion, window, config)
+    drift = checked_drift.drift
     checked = quality(window, champion, config.min_labelled_rows)
     decision = decide(drift, checked, config)
     record.update(decision.to_dict())  # the rule, the reasons and the per-column table
     record.update(model_version=champion.served.version)
+    record.update(drift_method=checked_drift.method)  # summaries, rows, or both
     logger = get_run_logger()
     # The report and the MLflow run are for people: if either fails, the decision is
     # still recorded and acted on.
@@ -258,9 +280,11 @@ def _monitor(
         folder,
         window,
         champion,
+        record,
         config.drift_share,
         config.evidently_workspace,
         params.stores.private,
+        params.data.time_column,
         return_state=True,
     )
     record["files"] = reported.result() if reported.is_completed() else None

@@ -32,7 +32,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import State
 
 from flows import _dvc
-from flows.artifacts import publish_retraining, retraining_state
+from flows.artifacts import publish_retraining, retraining_state, training_outcome
 from flows.training import training_flow
 from pipeline.errors import first_line
 
@@ -71,7 +71,8 @@ def land_production(
     log = config.prediction_log
     start, end = datetime.fromisoformat(window_start), datetime.fromisoformat(window_end)
     hours = (end - start).total_seconds() / 3600
-    window = read_window(log if is_sql_url(log) else root / log, hours, end)
+    # The rows to land, not a drift check: no stored summaries.
+    window = read_window(log if is_sql_url(log) else root / log, hours, end, summaries=False)
     if window.fingerprint != fingerprint:
         get_run_logger().warning(
             "window %s now reads as %s (rows logged late); landing what is there now",
@@ -183,8 +184,9 @@ def _on_drift(
         fingerprint,
         True,
         {
-            "action": deploy.get("action"),
-            "reason": deploy.get("reason"),
+            # No deploy decision (nothing changed since the last run): the run's outcome.
+            "action": deploy.get("action") or "none",
+            "reason": deploy.get("reason") or training_outcome(summary),
             "champion": summary.get("champion"),
         },
     )

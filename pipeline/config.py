@@ -613,6 +613,10 @@ class MonitorConfig(Section):
     # against the reference, once labels have arrived.
     max_metric_drop: float = Field(default=0.1, ge=0)
     min_labelled_rows: int = Field(default=200, ge=1, description="fewer: quality not judged")
+    # Until then the decision uses the quality estimated without labels (CBPE for a
+    # classifier, DLE for a regression: pipeline/quality_estimate.py). DLE's loss model is
+    # fitted by evaluate on the test rows, this many boosting rounds (seed: evaluate.seed).
+    loss_estimator_rounds: int = Field(default=100, ge=1, description="DLE's boosting rounds")
     cooldown_minutes: float = Field(default=360, ge=0, description="between two retrainings")
     retrain_pool: str = Field(default="gpu", min_length=1)
     monitor_pool: str = Field(default="cpu", min_length=1)

@@ -24,7 +24,10 @@ model hardly uses. The rule here:
 - **Predictions drifted** when the champion's predictions on the window differ from its
   predictions on its reference sample by the same per-column test as a feature
   (regression: the values; classification: the predicted classes). Prediction drift
-  alone is drift: it is the model's output that moved, whatever the features did.
+  alone is drift: it is the model's output that moved, whatever the features did. The
+  reference's predictions are made with its calendar columns set to the window's
+  (`calendar_aligned`): a model that uses the year predicts more for a later year of a
+  growing series, and that is the passage of time, not drift.
 - **The same weeks of the year** (`seasonal_reference`): with a time column, the window
   is compared with the reference rows from its own weeks of the year (each reference
   row within `SEASON_DAYS` days of the year of a day the window holds), when the
@@ -61,7 +64,8 @@ def rule_text(drift_share: float) -> str:
     return (
         "drift when the drifted counted columns hold at least "
         f"{drift_share:.0%} (monitor.drift_share) of the counted columns' weight, or the "
-        "champion's predictions drifted against its predictions on the reference; each "
+        "champion's predictions drifted against its predictions on the reference (made "
+        "with the window's calendar columns); each "
         "counted column weighs its permutation importance for the champion (equal weights "
         "when the version carries none); calendar columns (clean's derived ones and "
         "monitor.calendar_columns) and monitor.ignore_columns are reported, never counted"
@@ -146,6 +150,26 @@ def prediction_drift(profile: DriftProfile, window_predictions: Any, task: str) 
     frame = prediction_values(window_predictions, task)
     [verdict] = check_drift(profile, frame).columns
     return verdict
+
+
+def calendar_aligned(
+    reference: pd.DataFrame, window: pd.DataFrame, roles: Mapping[str, Role], seed: int = 0
+) -> pd.DataFrame:
+    """`reference` with each calendar column's values drawn from the window's (seeded,
+    with replacement), so that predictions on it differ from the window's only by what
+    is not the calendar. A column the window holds no value of is left as it is."""
+    aligned = reference.copy()
+    rng = np.random.default_rng(seed)
+    for column, role in roles.items():
+        if role != "calendar" or column not in aligned or column not in window:
+            continue
+        values = window[column].dropna().to_numpy()
+        if values.size:
+            drawn = rng.choice(values, size=len(aligned), replace=True)
+            aligned[column] = pd.Series(drawn, index=aligned.index).astype(
+                aligned[column].dtype, errors="ignore"
+            )
+    return aligned
 
 
 # --- the seasonal reference -------------------------------------------------------------

@@ -7,7 +7,9 @@ picks the reference rows from the window's weeks of the year, and `drift_check`
 compares the window's features and predictions with them under the drift rule
 (pipeline/drift_rule.py: calendar and ignored columns reported, not counted; columns
 weighed by the champion's importance; prediction drift). `quality_check` scores
-the labelled rows against the champion's registered test metric. `decide` turns both
+the labelled rows against the champion's registered test metric, and until enough
+labels are in judges by the metric estimated without them (CBPE or DLE, registered with
+the champion: pipeline/quality_estimate.py). `decide` turns both
 into one decision with its numbers, its rule and its per-column table; the monitoring
 flow (flows/monitoring.py) records it whichever way it goes and, on drift, emits the
 event that starts a retraining.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -43,7 +46,11 @@ from pipeline.prediction_log import (
 if TYPE_CHECKING:
     from pipeline.config import MonitorConfig
     from pipeline.drift_rule import ModelDrift
+    from pipeline.quality_estimate import QualityEstimator
     from pipeline.served_champion import MonitoredChampion
+    from pipeline.summaries import Summary
+
+logger = logging.getLogger(__name__)
 
 LABEL = "label"
 
@@ -55,6 +62,8 @@ class Window:
     frame: pd.DataFrame
     start: datetime
     end: datetime
+    # The stored summaries of the window's whole hours (pipeline/summaries.py), by hour.
+    summaries: dict[datetime, list[Summary]] = field(default_factory=dict, repr=False)
 
     @property
     def rows(self) -> int:
@@ -90,8 +99,12 @@ class Window:
         }
 
 
-def read_window(log: str | Path, hours: float, now: datetime | None = None) -> Window:
-    """The newest `hours` of the prediction log at `log`, with their late labels."""
+def read_window(
+    log: str | Path, hours: float, now: datetime | None = None, summaries: bool = True
+) -> Window:
+    """The newest `hours` of the prediction log at `log`, with their late labels and
+    (with `summaries`) the stored summaries of its whole hours, each hour's merged into
+    one in the store as it is read (`compact_hours`), so the next check reads one."""
     end = now or datetime.now(UTC)
     if end.tzinfo is None:
         end = end.replace(tzinfo=UTC)
@@ -112,13 +125,37 @@ def read_window(log: str | Path, hours: float, now: datetime | None = None) -> W
         joined = join_labels(frame[["request_id"]], labels).joined
         by_id = dict(zip(joined["request_id"], joined["label"], strict=True))
         frame[LABEL] = [by_id.get(str(i), np.nan) for i in frame["request_id"]]
-    return Window(frame=frame, start=start, end=end)
+    found = _window_summaries(log, start, end) if summaries and not frame.empty else {}
+    return Window(frame=frame, start=start, end=end, summaries=found)
+
+
+def _window_summaries(log: str | Path, start: datetime, end: datetime) -> dict:
+    """The summaries of the whole hours in [start, end]; none when they cannot be read
+    (the check then reads rows, and says so)."""
+    from pipeline.summaries import compact_hours, hours_within, read_hour_summaries
+
+    try:
+        found = read_hour_summaries(log, hours_within(start, end))
+    except Exception as exc:  # a damaged summary: the rows are still there
+        logger.warning("cannot read the log's summaries, checking rows: %s", exc)
+        return {}
+    try:
+        compact_hours(log, found)
+    except Exception as exc:  # housekeeping: the next check tries again
+        logger.warning("cannot merge the log's hourly summaries: %s", exc)
+    return found
 
 
 @dataclass(frozen=True)
 class QualityCheck:
-    """The primary metric on the window's labelled rows against the champion's test
-    score; `drop` is how much worse, as a share (positive: worse)."""
+    """The primary metric against the champion's test score: `current` measured on the
+    window's labelled rows (None below `monitor.min_labelled_rows`), `estimated` without
+    labels on all its rows (CBPE or DLE, `method`). `source` says which one the decision
+    used (measured once there are enough labels, estimated before; None: neither), and
+    `drop` is how much worse that one is, as a share (positive: worse): a measured value
+    against `reference` (measured on test), an estimate against `estimated_reference`
+    (the same method's estimate on test, so that its bias on this model cancels) when
+    the estimator recorded one, else against `reference`."""
 
     metric: str
     labelled: int
@@ -127,6 +164,10 @@ class QualityCheck:
     reference: float | None = None
     current: float | None = None
     drop: float | None = None
+    estimated: float | None = None
+    source: str | None = None  # "measured" | "estimated" | None
+    method: str | None = None  # how `estimated` was made: CBPE | DLE
+    estimated_reference: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -139,22 +180,68 @@ def quality_check(
     classes: list[Any],
     reference: float | None,
     min_labelled: int,
+    estimator: QualityEstimator | None = None,
 ) -> QualityCheck:
-    """Score the labelled rows of `window` on `metric`, once there are enough."""
+    """Score the labelled rows of `window` on `metric` once there are enough; before
+    that, judge by the estimate of `estimator` (the champion's, registered with it)."""
     labelled = window.frame[window.frame[LABEL].notna()]
     count = len(labelled)
-    if count < min_labelled:
-        why = f"{count} labelled rows, fewer than monitor.min_labelled_rows ({min_labelled})"
-        return QualityCheck(metric, count, False, why)
+    estimated, method, unestimated = _estimated(window, metric, classes, estimator)
+    baseline = estimator.test_estimate if estimated is not None and estimator else None
+    common = {"estimated": estimated, "method": method, "estimated_reference": baseline}
     if reference is None or not np.isfinite(reference):
-        return QualityCheck(metric, count, False, f"the champion has no test {metric}")
-    current = window_metrics(labelled, task, classes).get(metric)
-    if current is None or not np.isfinite(current):
-        return QualityCheck(metric, count, False, f"{metric} is undefined on this window")
-    loss = reference - current if HIGHER_IS_BETTER[metric] else current - reference
-    drop = float(loss / abs(reference)) if reference else float(loss)
-    why = f"{metric} {current:.4g} on {count} labelled rows against {reference:.4g} on test"
-    return QualityCheck(metric, count, True, why, reference, float(current), drop)
+        return QualityCheck(metric, count, False, f"the champion has no test {metric}", **common)
+    measured = None
+    if count >= min_labelled:
+        measured = window_metrics(labelled, task, classes).get(metric)
+        measured = float(measured) if measured is not None and np.isfinite(measured) else None
+    if measured is not None:
+        why = f"{metric} {measured:.4g} on {count} labelled rows against {reference:.4g} on test"
+        if estimated is not None:
+            why += f" (estimated {estimated:.4g} by {method})"
+        drop = _drop(metric, measured, reference)
+        return QualityCheck(
+            metric, count, True, why, reference, measured, drop, source="measured", **common
+        )
+    if count < min_labelled:
+        few = f"{count} labelled rows, fewer than monitor.min_labelled_rows ({min_labelled})"
+    else:
+        few = f"{metric} is undefined on the {count} labelled rows"
+    if estimated is None:
+        return QualityCheck(metric, count, False, f"{few}; {unestimated}", reference, **common)
+    against = f"{reference:.4g} on test"
+    if baseline is not None:
+        against = f"{baseline:.4g} estimated on test ({reference:.4g} measured)"
+    why = f"estimated {metric} {estimated:.4g} ({method}) on {window.rows:,} rows against {against}"
+    why += f"; {few}"
+    drop = _drop(metric, estimated, baseline if baseline is not None else reference)
+    return QualityCheck(
+        metric, count, True, why, reference, None, drop, source="estimated", **common
+    )
+
+
+def _drop(metric: str, value: float, reference: float) -> float:
+    loss = reference - value if HIGHER_IS_BETTER[metric] else value - reference
+    return float(loss / abs(reference)) if reference else float(loss)
+
+
+def _estimated(
+    window: Window, metric: str, classes: list[Any], estimator: QualityEstimator | None
+) -> tuple[float | None, str | None, str]:
+    """The estimate of `metric` on the whole window, the method, and why there is none."""
+    if estimator is None:
+        return None, None, "the champion has no quality estimator (registered before one)"
+    if not estimator.available:
+        return None, None, f"no estimate: {estimator.reason}"
+    if estimator.metric != metric:
+        why = f"no estimate: the champion's estimator estimates {estimator.metric}, not {metric}"
+        return None, None, why
+    if not window.rows:
+        return None, estimator.method, "no estimate: the window is empty"
+    value = estimator.estimate(window.frame, classes)
+    if value is None:
+        return None, estimator.method, f"no estimate: {metric} is undefined on this window"
+    return value, estimator.method, ""
 
 
 def window_metrics(labelled: pd.DataFrame, task: str, classes: list[Any]) -> dict[str, float]:
@@ -233,27 +320,55 @@ def compared_champion(
     )
 
 
+@dataclass(frozen=True)
+class FastCheck:
+    """The drift check's result and how its column verdicts were reached (`method`:
+    from the log's stored summaries, from rows, or both; see `check_window`)."""
+
+    drift: ModelDrift
+    method: str
+
+
 def drift_check(champion: MonitoredChampion, window: Window, config: MonitorConfig) -> ModelDrift:
+    """The window against the champion's reference, under the drift rule (see
+    `fast_drift_check`)."""
+    return fast_drift_check(champion, window, config).drift
+
+
+def fast_drift_check(
+    champion: MonitoredChampion, window: Window, config: MonitorConfig
+) -> FastCheck:
     """The window against the champion's reference, under the drift rule: every feature
-    column's verdict (`check_drift`), each one's role and weight, and prediction drift
-    (the champion's predictions on the window against its predictions on the reference)."""
-    from pipeline.drift import check_drift
+    column's verdict (`check_window`: the window's stored summaries where they cover
+    its hours, else `check_drift` on the rows; the same verdicts), each one's role and
+    weight, and prediction drift (the champion's predictions on the window against its
+    predictions on the reference)."""
     from pipeline.drift_rule import (
+        calendar_aligned,
         column_roles,
         prediction_drift,
         prediction_profile,
         weigh_drift,
     )
+    from pipeline.summaries import check_window
 
     profile, served = champion.profile, champion.served
     task = served.meta["task"]
-    verdicts = check_drift(profile, window.features(profile.names), config.drift_share)
+    features = window.features(profile.names)
+    checked = check_window(
+        profile, features, window.frame["timestamp"], window.summaries, config.drift_share
+    )
+    verdicts = checked.result
     derived = served.rules.derived if served.rules is not None else {}
     roles = column_roles(profile.names, derived, config.calendar_columns, config.ignore_columns)
-    reference = prediction_profile(served.model.predict(champion.reference), task)
+    # The reference's predictions with the window's calendar: the year alone moving the
+    # predictions of a growing series is the passage of time, not drift.
+    aligned = calendar_aligned(champion.reference, features, roles)
+    reference = prediction_profile(served.model.predict(aligned), task)
     prediction = prediction_drift(reference, window_predictions(window, task), task)
     importance = champion.importance.values if champion.importance is not None else None
-    return weigh_drift(verdicts, roles, importance, prediction, champion.reference_note)
+    drift = weigh_drift(verdicts, roles, importance, prediction, champion.reference_note)
+    return FastCheck(drift=drift, method=checked.method)
 
 
 @dataclass(frozen=True)
@@ -280,7 +395,8 @@ class Decision:
 def decide(drift: ModelDrift, quality: QualityCheck, config: MonitorConfig) -> Decision:
     """Drift: the drift rule found it (the weighted share of drifted counted columns
     reached `drift_share`, or the predictions drifted), or the metric fell by more than
-    `max_metric_drop`. The reasons say which, or why none."""
+    `max_metric_drop`: measured once enough labels are in, estimated before (the quality
+    check's `source`). The reasons say which, or why none."""
     reasons = drift.reasons()
     by_quality = bool(quality.judged and quality.drop is not None)
     by_quality = by_quality and quality.drop > config.max_metric_drop  # type: ignore[operator]
@@ -299,9 +415,10 @@ def decide(drift: ModelDrift, quality: QualityCheck, config: MonitorConfig) -> D
         else ""
     )
     rule = (
-        f"{drift.rule}{seasons}; or, once monitor.min_labelled_rows labels are in, the "
-        f"primary metric fell more than {config.max_metric_drop:.0%} "
-        "(monitor.max_metric_drop) against test"
+        f"{drift.rule}{seasons}; or the primary metric fell more than "
+        f"{config.max_metric_drop:.0%} (monitor.max_metric_drop) against test: measured on "
+        "the labelled rows once monitor.min_labelled_rows labels are in, estimated on every "
+        "row before (CBPE for a classifier, DLE for a regression)"
     )
     body = drift.to_dict()
     return Decision(

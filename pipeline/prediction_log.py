@@ -23,6 +23,11 @@ log creates are owner-only unless `stores.private` is false (pipeline/stores.py)
 `expire_predictions` deletes what is older than a cutoff
 (`monitor.prediction_log_retention_days`): whole day folders, or rows; a log given an
 `expire` call runs it after a flush, at most every `expire_seconds`.
+
+Each write also stores per-hour summaries of the rows' features (pipeline/summaries.py:
+exact counts or relative-error sketches that merge), beside the parts as
+`summary-H<hour>-*.parquet` or in the `<table>_summaries` table, so that a drift check
+merges a window's summaries instead of reading its rows. Retention deletes them too.
 """
 
 from __future__ import annotations
@@ -176,8 +181,32 @@ def parquet_writer(root: Path, private: bool = True) -> Writer:
             temporary = create_file(folder / f".{name}.tmp", private)  # its mode, then bytes
             pq.write_table(table.filter(pc.equal(days, day)), temporary)
             os.replace(temporary, folder / name)
+        _write_summaries(lambda summaries: _summary_files(root, summaries, private), table)
 
     return write
+
+
+def _summary_files(root: Path, summaries: list[Any], private: bool) -> None:
+    from pipeline.summaries import write_summary_file
+
+    for summary in summaries:
+        write_summary_file(root, summary, private)
+
+
+def _write_summaries(store: Callable[[list[Any]], None], rows: Any) -> None:
+    """Summarise the rows just written, per hour (pipeline/summaries.py), and store
+    the summaries. A failure is logged, not raised: the rows are written (a retry would
+    write them twice), and a check finds their hour's summaries short and reads rows."""
+    from pipeline.summaries import summarise_frame, summarise_table
+
+    try:
+        if isinstance(rows, pd.DataFrame):
+            summaries = summarise_frame(rows, FEATURE_PREFIX)
+        else:
+            summaries = summarise_table(rows, FEATURE_PREFIX)
+        store(summaries)
+    except Exception as exc:  # housekeeping for the monitor: serving goes on
+        logger.warning("prediction log: could not write the rows' summaries: %s", exc)
 
 
 def sql_writer(url: str, table: str = DEFAULT_TABLE, private: bool = True) -> Writer:
@@ -185,6 +214,8 @@ def sql_writer(url: str, table: str = DEFAULT_TABLE, private: bool = True) -> Wr
     does not exist yet is created owner-only when `private`."""
     from sqlalchemy import create_engine
     from sqlalchemy.exc import SQLAlchemyError
+
+    from pipeline.summaries import write_summary_rows
 
     prepare_store(url, private)
     engine = create_engine(url)
@@ -198,6 +229,7 @@ def sql_writer(url: str, table: str = DEFAULT_TABLE, private: bool = True) -> Wr
             frame.to_sql(table, engine, if_exists="append", index=False)
         except SQLAlchemyError as exc:  # one line: no statement, no rows, no password
             raise SourceError(f"cannot write to {mask_url(url)}: {_reason(exc, url)}") from None
+        _write_summaries(lambda summaries: write_summary_rows(engine, table, summaries), frame)
 
     return write
 
@@ -423,7 +455,11 @@ def expire_predictions(location: str | Path, before: datetime, table: str = DEFA
     rows. Labels stored beside the log: `label_store.expire_labels`."""
     before = before.astimezone(UTC) if before.tzinfo else before.replace(tzinfo=UTC)
     if is_sql_url(location):
-        return delete_rows_before(str(location), table, "timestamp", before)
+        from pipeline.summaries import delete_summaries_before
+
+        removed = delete_rows_before(str(location), table, "timestamp", before)
+        delete_summaries_before(str(location), table, before)  # day folders hold their own
+        return removed
     import pyarrow.parquet as pq
 
     root = Path(location)

@@ -24,6 +24,7 @@ PREVIOUS = "previous"
 CHALLENGER = "challenger"
 REFERENCE_SAMPLE = "reference.parquet"  # split's file name in data/reference
 IMPORTANCE_FILE = "feature_importance.json"  # pipeline.importance's, in the version
+QUALITY_FILE = "quality_estimate.json"  # pipeline.quality_estimate's, in the version
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,9 @@ class RegisteredModel:
     # The champion's feature importance (evaluate's), which weighs each column's drift;
     # None for a version registered before it travelled with the model.
     importance_file: Path | None = None
+    # How the monitor estimates its quality before labels arrive (evaluate's CBPE check
+    # or DLE loss model); None for a version registered before it travelled.
+    quality_file: Path | None = None
 
     def load(self) -> TabularModel:
         from pipeline.models import load_model
@@ -78,6 +82,7 @@ def fetch_alias(config: MlflowConfig, alias: str, into: Path) -> RegisteredModel
     exported = [folder for folder in folders if (folder / "model.onnx").exists()]
     references = [path.parent for path in sorted(local.rglob(REFERENCE_SAMPLE))]
     importance = sorted(local.rglob(IMPORTANCE_FILE))
+    quality = sorted(local.rglob(QUALITY_FILE))
     if not native:
         raise DataError(
             f"registry version {version.version} of {config.registered_model!r} holds no "
@@ -92,6 +97,7 @@ def fetch_alias(config: MlflowConfig, alias: str, into: Path) -> RegisteredModel
         onnx_directory=exported[0] if exported else None,
         reference_directory=references[0] if references else None,
         importance_file=importance[0] if importance else None,
+        quality_file=quality[0] if quality else None,
     )
 
 

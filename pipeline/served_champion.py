@@ -5,7 +5,8 @@ ONNX folder (never a pickle), with the metrics and data version the version was
 registered with. `champion_version` is the cheap check the server polls.
 `monitored_champion` adds the reference sample and drift profile registered with the
 version, which the monitor compares production windows with, and the feature importance
-registered with it, which weighs each column's drift.
+registered with it, which weighs each column's drift, and the quality estimator
+registered with it, which estimates its metric before labels arrive.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from pipeline.drift import DriftProfile
+    from pipeline.quality_estimate import QualityEstimator
     from pipeline.serving import ServedModel
 
 
@@ -67,6 +69,9 @@ class MonitoredChampion:
     # Which rows `reference` holds: the whole sample, or the window's weeks of the year
     # (pipeline.monitoring.compared_champion).
     reference_note: str = "the whole reference sample"
+    # CBPE or DLE, made by evaluate on the test rows (pipeline.quality_estimate); None:
+    # registered before it travelled with the model.
+    quality: QualityEstimator | None = None
 
 
 def monitored_champion(config: MlflowConfig) -> MonitoredChampion:
@@ -85,11 +90,18 @@ def monitored_champion(config: MlflowConfig) -> MonitoredChampion:
                 "compares with the champion's own reference"
             )
         importance_file = fetched.registered.importance_file
+        quality_file = fetched.registered.quality_file
+        quality = None
+        if quality_file is not None:
+            from pipeline.quality_estimate import QualityEstimator
+
+            quality = QualityEstimator.read(quality_file)
         return MonitoredChampion(
             fetched.served,
             read_profile(folder / "drift_profile"),
             pd.read_parquet(folder / REFERENCE_SAMPLE),
             FeatureImportance.read(importance_file) if importance_file is not None else None,
+            quality=quality,
         )
 
 

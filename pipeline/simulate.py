@@ -8,12 +8,13 @@ arrive `label_delay_days` later (`driftline label`'s store). Every `check_days` 
 something; on drift, the monitor's event starts the `training` deployment, whose
 guards, retraining, gate and promotion follow. The simulation waits for that run,
 saying every 30 s which flow run it waits on, its state and its current stage, then for
-the server to serve a new champion, and ends with what happened and where the reports
-are.
+the server to serve a new champion, and ends with what happened, where the reports
+are, and a link to each page to open in the Prefect, MLflow and Evidently UIs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 import time
@@ -33,6 +34,20 @@ from pipeline.stack import Stack, StackError
 
 MONITORING = "monitoring/monitoring"
 TRAINING_FLOW = "retraining"
+# Where the summary's links point: `mlflow ui` and `evidently ui` on their own ports (the
+# prediction API has Evidently's default, 8000).
+MLFLOW_UI = "http://127.0.0.1:5000"
+EVIDENTLY_PORT = 8001
+
+
+@dataclass
+class UiPages:
+    """The ids the summary's links need: the last check's flow run, the MLflow
+    experiments by name, the Evidently project."""
+
+    monitoring_run: str | None = None
+    experiments: dict[str, str] = field(default_factory=dict)
+    evidently_project: str | None = None
 
 
 @dataclass
@@ -47,6 +62,7 @@ class Outcome:
     retrainings: list[dict[str, Any]] = field(default_factory=list)
     champion_before: str | None = None
     champion_after: str | None = None
+    pages: UiPages = field(default_factory=UiPages)
 
 
 def held_out_days(params: Params, weeks: int) -> list[tuple[str, pd.DataFrame]]:
@@ -158,7 +174,7 @@ def run_monitoring(root: Path, since: datetime, reports: Path) -> dict[str, Any]
         state = run.state.name if run.state else "unknown"
         raise StackError(f"the monitoring run {run.name} ended {state}: see the Prefect UI")
     decisions = (reports / "decisions.jsonl").read_text().splitlines()
-    return json.loads(decisions[-1])
+    return {**json.loads(decisions[-1]), "flow_run": str(run.id)}
 
 
 @dataclass(frozen=True)
@@ -332,7 +348,29 @@ def simulate(
             if champion and champion != champion_served(stack):
                 _wait_served(stack, champion, report)
     outcome.champion_after = champion_served(stack)
+    outcome.pages = ui_pages(root, params, outcome)
     return outcome
+
+
+def ui_pages(root: Path, params: Params, outcome: Outcome) -> UiPages:
+    """The ids behind the summary's links; one that cannot be read is left out (the
+    links then open the UI's start page)."""
+    from pipeline.evidently_dashboard import project_id
+    from pipeline.tracking import start_tracking
+
+    pages = UiPages(monitoring_run=outcome.checks[-1].get("flow_run") if outcome.checks else None)
+    # A store that cannot be read now costs a link its id, never the summary.
+    with contextlib.suppress(Exception):
+        import mlflow
+
+        start_tracking(params.mlflow, params.stores.private)
+        for name in (params.mlflow.experiment, f"{params.mlflow.experiment}-monitoring"):
+            found = mlflow.get_experiment_by_name(name)
+            if found is not None:
+                pages.experiments[name] = str(found.experiment_id)
+    with contextlib.suppress(Exception):
+        pages.evidently_project = project_id(root / params.monitor.evidently_workspace)
+    return pages
 
 
 def retraining_line(entry: dict[str, Any]) -> str:
@@ -412,7 +450,52 @@ def summary_lines(outcome: Outcome, stack_ui: str, params: Params) -> list[str]:
         f"champion served: v{outcome.champion_before} -> v{outcome.champion_after}",
         f"reports: {params.monitor.reports}/ (decisions.jsonl, one folder per check with the "
         f"Evidently report), reports/promotions.jsonl; the retraining ledger: {ledger}",
-        f"Prefect UI: {stack_ui}; MLflow: mlflow ui --backend-store-uri "
-        f"{mask_url(tracking_uri(params.mlflow))}; Evidently: evidently ui --workspace "
-        f"{params.monitor.evidently_workspace}",
+        *ui_links(outcome, stack_ui, params, mask_url(tracking_uri(params.mlflow))),
     ]
+
+
+def ui_links(outcome: Outcome, stack_ui: str, params: Params, tracking: str) -> list[str]:
+    """The summary's last lines: each page to open, as a link on a line of its own (a
+    terminal makes it clickable), with the command that starts a UI `up` does not."""
+    pages, experiment = outcome.pages, params.mlflow.experiment
+    lines = [f"Prefect UI, the flow runs: {stack_ui}/runs"]
+    # Not `?tab=Artifacts`: the UI hides that tab until the run has loaded, and falls back
+    # to Logs.
+    if pages.monitoring_run:
+        lines.append(
+            f"  the last check (its Artifacts tab): {stack_ui}/runs/flow-run/{pages.monitoring_run}"
+        )
+    run = next((r.get("run") for r in reversed(outcome.retrainings) if r.get("run")), None)
+    if run:
+        lines.append(f"  the last retraining (its Artifacts tab): {stack_ui}/runs/flow-run/{run}")
+    mlflow_ui = _mlflow_base(tracking)
+    lines.append(f"MLflow UI (mlflow ui --backend-store-uri {tracking} --port 5000):")
+    for name, what in (
+        (f"{experiment}-monitoring", "the checks, one run each"),
+        (experiment, "the training runs"),
+    ):
+        found = pages.experiments.get(name)
+        page = f"#/experiments/{found}/runs" if found else "#/experiments"
+        lines.append(f"  {what} (experiment {name}): {mlflow_ui}/{page}")
+    lines.append(
+        f"  the model's versions and aliases: {mlflow_ui}/#/models/{params.mlflow.registered_model}"
+    )
+    workspace = params.monitor.evidently_workspace
+    evidently_ui = f"http://127.0.0.1:{EVIDENTLY_PORT}"
+    lines.append(f"Evidently UI (evidently ui --workspace {workspace} --port {EVIDENTLY_PORT}):")
+    project = pages.evidently_project
+    dashboard = f"{evidently_ui}/projects/{project}" if project else evidently_ui
+    lines.append(f"  the dashboard of the checks: {dashboard}")
+    return lines
+
+
+def _mlflow_base(tracking: str) -> str:
+    """A tracking server is its own UI (its address without credentials); a local store
+    is shown by `mlflow ui` on MLFLOW_UI."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(tracking)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return MLFLOW_UI
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname}{port}{parts.path.rstrip('/')}"

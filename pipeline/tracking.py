@@ -224,13 +224,15 @@ def log_model(
     name: str = "model",
     reference_dir: Path | None = None,
     importance: FeatureImportance | None = None,
+    quality_dir: Path | None = None,
 ) -> str:
     """Log the model folder as an MLflow pyfunc model that takes raw columns.
 
     The signature, input example and requirements are passed in, so MLflow neither
     infers them by running the model nor resolves the environment (that takes seconds).
-    `reference_dir` and `importance` are what the monitor needs: they travel with the
-    model. Returns the model URI.
+    `reference_dir`, `importance` and `quality_dir` (how to estimate the model's quality
+    before labels arrive) are what the monitor needs: they travel with the model.
+    Returns the model URI.
     """
     import tempfile
 
@@ -249,6 +251,8 @@ def log_model(
         artifacts["onnx"] = str(onnx_dir)  # what serving loads
     if reference_dir is not None:
         artifacts["reference"] = str(reference_dir)  # what the monitor compares with
+    if quality_dir is not None:
+        artifacts["quality"] = str(quality_dir)  # the quality estimate before labels
     with tempfile.TemporaryDirectory(prefix="driftline-importance-") as scratch:
         if importance is not None:  # how the monitor weighs each column's drift
             artifacts["importance"] = str(importance.write(Path(scratch) / "importance").parent)

@@ -1,8 +1,9 @@
 """deploy: register the candidate and move `champion` to it, only if the gate passed.
 
 The registered version carries the native model, its ONNX export, the reference
-sample and drift profile split drew for it (what the monitor compares production with)
-and evaluate's feature importance (how the monitor weighs each column's drift), tagged
+sample and drift profile split drew for it (what the monitor compares production with),
+evaluate's feature importance (how the monitor weighs each column's drift) and its
+quality estimator (how the monitor estimates the metric before labels arrive), tagged
 with the git commit, the data version, the model's hash and its test metrics. The old
 champion becomes `previous`. Every outcome, a promotion or a refusal with its
 numbers, is a line in `reports/promotions.jsonl`; `reports/deploy.json` holds the last.
@@ -26,9 +27,10 @@ import typer
 
 from pipeline.artifacts import folder_digest, read_json, read_stage_input, write_json_atomic
 from pipeline.config import DEFAULT_PARAMS, load_params
-from pipeline.console import report_user_errors, say
+from pipeline.console import report_user_errors, say, warn
 from pipeline.errors import DataError
 from pipeline.importance import FeatureImportance
+from pipeline.registry import QUALITY_FILE
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,9 @@ def main(
     report: Annotated[Path, typer.Option(help="This run's decision.")] = Path(
         "reports/deploy.json"
     ),
+    quality: Annotated[
+        Path, typer.Option(help="evaluate's quality estimator (CBPE check or DLE model).")
+    ] = Path("models/quality_estimator"),
     latency: Annotated[
         Path, typer.Option(help="compress's latency record, logged with the model if present.")
     ] = Path("reports/compression_latency.json"),
@@ -93,6 +98,12 @@ def main(
             f"{reference} holds no reference sample and drift profile: run the split stage first"
         )
     candidate_sha = folder_digest(model)
+    quality_dir = quality if (quality / QUALITY_FILE).exists() else None
+    if quality_dir is None:
+        warn(
+            f"{quality} holds no {QUALITY_FILE}: the version is registered without it, and "
+            "the monitor judges quality by labels alone (re-run evaluate to make it)"
+        )
 
     from pipeline import promotions, tracking
     from pipeline.models import load_model
@@ -123,6 +134,7 @@ def main(
                     name="deployable",
                     reference_dir=reference,
                     importance=importance,
+                    quality_dir=quality_dir,
                 )
                 if latency.exists():  # timings: a record of this host, not a DVC output
                     mlflow.log_dict(read_json(latency, "compress"), "compression/latency.json")

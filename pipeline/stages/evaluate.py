@@ -9,8 +9,12 @@ passes only when the candidate beats the champion by `evaluate.min_improvement` 
 the primary metric and meets every floor. With no champion, the floors alone decide.
 
 Outputs: `metrics/evaluate.json`, `reports/gate.json`, `reports/evaluation.json`
-(baseline, untuned, slices, importance) and `plots/` (CSV for `dvc plots`, PNG in
-`plots/png/`). The test metrics, plots and gate are added to the tune run in MLflow.
+(baseline, untuned, slices, importance), `plots/` (CSV for `dvc plots`, PNG in
+`plots/png/`) and `models/quality_estimator/`: how the monitor estimates the primary
+metric before labels arrive (pipeline/quality_estimate.py: CBPE checked on the test
+rows for a classifier, DLE's loss model fitted on them for a regression), which deploy
+registers with the model. The test metrics, plots and gate are added to the tune run in
+MLflow.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from pipeline.schema import DatasetSpec
 
 if TYPE_CHECKING:
     from pipeline.models import TabularModel
+    from pipeline.quality_estimate import QualityEstimator
     from pipeline.scoring import Scored
 
 MAX_SLICE_VALUES = 20
@@ -287,6 +292,9 @@ def main(
         "reports/gate.json"
     ),
     plots: Annotated[Path, typer.Option(help="Plot data and PNGs.")] = Path("plots"),
+    quality: Annotated[
+        Path, typer.Option(help="The monitor's quality estimator (CBPE check or DLE model).")
+    ] = Path("models/quality_estimator"),
 ) -> None:
     """Score the tuned model on test, compare it with the baseline and the champion."""
     loaded = load_params(params)
@@ -350,6 +358,9 @@ def main(
         candidate, importance_frame, spec.target, metric, config.importance_repeats, config.seed
     )
     slices = slice_metrics(scored, test_rows, spec, candidate)
+    estimator = quality_estimator(
+        candidate, scored, test_rows, metric, loaded.monitor.loss_estimator_rounds, config.seed
+    )
 
     test_metrics = finite(scored.metrics)
     evaluation = {
@@ -362,6 +373,11 @@ def main(
         "slices": slices,
         "importance": finite(importance.to_dict(orient="records")),
         "test_rows": len(test_rows),
+        "quality_estimate": {
+            key: value
+            for key, value in estimator.to_dict().items()
+            if key in ("method", "metric", "reason", "test")
+        },
     }
     flat = {
         **test_metrics,
@@ -373,6 +389,8 @@ def main(
         written_plots = _draw_plots(scored, candidate, test_rows, spec, importance, staged)
         # Logged before anything is replaced: a store that fails leaves every output as it was.
         _log_to_mlflow(loaded.mlflow, tune_run_id, flat, decision, evaluation, staged)
+    with staged_directory(quality) as staged:
+        estimator.write(staged)
     write_json_atomic(report, evaluation)
     write_json_atomic(gate_report, decision.to_dict())
     write_json_atomic(metrics, flat)
@@ -382,6 +400,44 @@ def main(
         f"{len(written_plots)} plot files -> {plots}"
     )
     say(f"gate: {'PASSED' if decision.passed else 'REFUSED'}: {decision.reason}")
+    say(f"quality before labels: {describe_estimator(estimator)}")
+
+
+def quality_estimator(
+    model: TabularModel, scored: Scored, test: pd.DataFrame, metric: str, rounds: int, seed: int
+) -> QualityEstimator:
+    """How the monitor will estimate `metric` before labels arrive, made from the test
+    rows the model never trained on."""
+    from pipeline.quality_estimate import build_quality_estimator
+
+    return build_quality_estimator(
+        model.task,
+        metric,
+        test,
+        scored.raw,
+        scored.actual,
+        scored.codes,
+        scored.predicted_codes,
+        model.features.numeric,
+        model.features.categorical,
+        rounds,
+        seed,
+    )
+
+
+def describe_estimator(estimator: QualityEstimator) -> str:
+    """One line: the method and how close its estimate came on test."""
+    if not estimator.available:
+        return f"none ({estimator.reason})"
+    test, metric = estimator.test, estimator.metric
+    checks = test.get("cross_fitted") or [test]
+    pairs = [
+        f"{check['estimated']:.4g} estimated vs {check['measured']:.4g} measured"
+        for check in checks
+        if check.get("estimated") is not None and check.get("measured") is not None
+    ]
+    where = "on each half of test (cross-fitted)" if "cross_fitted" in test else "on test"
+    return f"{estimator.method} {metric} {where}: {'; '.join(pairs) or 'undefined'}"
 
 
 def _draw_plots(

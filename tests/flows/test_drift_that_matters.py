@@ -165,8 +165,10 @@ def test_a_window_is_compared_with_the_reference_from_its_own_weeks(
     shipped: Project, emitted: Any
 ) -> None:
     """The first four weeks of 2012 against the whole reference (January to early March
-    2011) drift in their predictions: January has fewer riders than March. Against the
-    reference rows from the same weeks of 2011 they do not."""
+    2011): January has fewer riders than March, by the calendar (month, day of the
+    year), which the reference's predictions take from the window, so the predictions
+    do not drift (Wasserstein 0.04; 0.15 with the reference's own calendar). Against the
+    reference rows from the same weeks of 2011 they do not either, by another test."""
     rows = a_year_later(shipped)
     serve(shipped, rows[rows["dteday"] < rows["dteday"].min() + pd.Timedelta(weeks=4)])
 
@@ -176,9 +178,11 @@ def test_a_window_is_compared_with_the_reference_from_its_own_weeks(
     seasonal = monitor(shipped)
 
     assert whole["reference"].startswith("the whole reference sample (1409 rows)")
-    assert whole["prediction"]["drifted"] is True and whole["drift"] is True
+    assert whole["prediction"]["method"] == "wasserstein"
+    assert whole["prediction"]["statistic"] < 0.1 and whole["drift"] is False
     assert seasonal["reference"].startswith("the reference rows from the window's weeks of")
+    assert seasonal["prediction"]["method"] == "ks"  # 1,000 rows or fewer
     assert seasonal["prediction"]["drifted"] is False
     assert seasonal["drift"] is False, seasonal["reasons"]
     assert seasonal["drift_share"] < 0.5 and not table(seasonal)["hr"]["drifted"]
-    assert len(emitted()) == 1  # the first check's
+    assert not emitted()

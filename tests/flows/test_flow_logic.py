@@ -190,7 +190,7 @@ def test_a_window_too_small_decides_nothing_and_says_so(shipped: Project, emitte
     assert emitted("driftline.drift.detected") == []
 
 
-def test_drift_without_labels_is_decided_on_the_data_alone(
+def test_drift_without_labels_is_decided_on_the_data_and_the_estimate(
     monitored: Project, emitted: Any
 ) -> None:
     log_traffic(monitored, traffic(monitored, 120, drifted=True), NOW - timedelta(minutes=5))
@@ -213,12 +213,15 @@ def test_drift_without_labels_is_decided_on_the_data_alone(
     summary = artifacts["monitoring-summary"]
     assert summary.startswith("# Drift detected\n")
     assert "- **retraining**: requested: the driftline.drift.detected event" in summary
-    assert "- **quality**: not judged: 0 labelled rows" in summary
+    # No label yet: quality is the champion's DLE estimate (registered by deploy).
+    assert "- **quality**: estimated rmse " in summary
     assert f"- **MLflow run**: {record['mlflow_run']}" in summary
     assert record["drift"] is True and record["window"]["labelled"] == 0
-    assert record["quality"]["judged"] is False
+    quality = record["quality"]
+    assert quality["source"] == "estimated" and quality["current"] is None
+    assert quality["method"] == "DLE" and quality["estimated"] > 0
     assert any(
-        reason.startswith("quality not judged: 0 labelled rows, fewer than")
+        "estimated rmse" in reason and "0 labelled rows, fewer than" in reason
         for reason in record["reasons"]
     )
     assert record["files"] is not None and record["mlflow_run"] is not None

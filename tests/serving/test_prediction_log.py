@@ -38,9 +38,17 @@ def test_rows_land_in_one_parquet_file_per_day(tmp_path: Path) -> None:
         assert log.pending == 3
         assert log.flush() == 3
         assert log.pending == 0
-    files = sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*") if path.is_file())
+    files = sorted(
+        path.relative_to(tmp_path) for path in tmp_path.rglob("part-*") if path.is_file()
+    )
     assert [str(path.parent) for path in files] == ["date=2026-03-01", "date=2026-03-02"]
-    assert all(path.name.startswith("part-") and path.suffix == ".parquet" for path in files)
+    assert all(path.suffix == ".parquet" for path in files)
+    # Beside them, one summary per hour of rows (pipeline/summaries.py), nothing else.
+    others = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert [name for name in others if "/summary-" in name] == [
+        name for name in others if "/part-" not in name
+    ]
+    assert len(others) == len(files) + 2
     logged = read_predictions(tmp_path)
     assert list(logged["request_id"]) == ["a", "b", "c"]
     assert list(logged["prediction"]) == ["yes", "yes", "no"]

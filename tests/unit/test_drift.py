@@ -34,6 +34,7 @@ from pipeline.drift import (
     z_test_p_value,
 )
 from pipeline.drift_rule import (
+    calendar_aligned,
     column_roles,
     column_weights,
     prediction_drift,
@@ -544,6 +545,32 @@ def test_prediction_drift_alone_is_drift() -> None:
     features, predictions = drift.reasons()
     assert features.startswith("no data drift: 2 of 4 counted columns drifted (a, c): 0%")
     assert predictions.startswith("prediction drift: the champion's predictions on the window")
+
+
+def test_the_calendar_alone_moving_the_predictions_is_not_prediction_drift() -> None:
+    """A model that uses the year predicts more for the later year of a growing series:
+    a window from that year against a reference of both years moves the predictions by
+    the calendar alone. The reference's predictions are made with the window's calendar;
+    a shift in a counted feature still drifts them."""
+    rng = np.random.default_rng(3)
+    reference = pd.DataFrame({"temp": rng.normal(20, 5, 2000), "yr": rng.integers(0, 2, 2000)})
+    window = pd.DataFrame({"temp": rng.normal(20, 5, 1000), "yr": np.ones(1000, dtype=int)})
+    roles = column_roles(["temp", "yr"], calendar_columns=["yr"])
+
+    def predict(frame: pd.DataFrame) -> pd.Series:
+        return 100 + 5 * frame["temp"] + 80 * frame["yr"]
+
+    def moved(window: pd.DataFrame, on: pd.DataFrame) -> bool:
+        profile = prediction_profile(predict(on), "regression")
+        return prediction_drift(profile, predict(window), "regression").drifted
+
+    assert moved(window, reference)  # the year alone
+    aligned = calendar_aligned(reference, window, roles)
+    assert not moved(window, aligned)
+    assert (aligned["yr"] == 1).all() and aligned["yr"].dtype == reference["yr"].dtype
+    assert aligned["temp"].equals(reference["temp"]) and set(reference["yr"]) == {0, 1}
+    warmer = window.assign(temp=window["temp"] + 5)
+    assert moved(warmer, calendar_aligned(reference, warmer, roles))
 
 
 def test_a_classifier_s_predictions_are_compared_as_classes() -> None:

@@ -173,3 +173,43 @@ def test_a_progress_line(progress: tuple[Any, ...], seconds: float, line: str) -
     from pipeline.simulate import RetrainingProgress, progress_line
 
     assert progress_line(RetrainingProgress(*progress), seconds) == line
+
+
+def test_the_summary_ends_with_a_link_to_each_page(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.simulate import Outcome, UiPages, summary_lines
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # params.yaml's store
+    params = load_params(REPO / "params.yaml")
+    pages = UiPages(
+        monitoring_run="run-1",
+        experiments={"driftline": "1", "driftline-monitoring": "2"},
+        evidently_project="project-1",
+    )
+    outcome = Outcome(retrainings=[{"status": "done", "run": "run-2"}], pages=pages)
+    lines = summary_lines(outcome, "http://127.0.0.1:4200", params)
+    assert lines[-9:] == [
+        "Prefect UI, the flow runs: http://127.0.0.1:4200/runs",
+        "  the last check (its Artifacts tab): http://127.0.0.1:4200/runs/flow-run/run-1",
+        "  the last retraining (its Artifacts tab): http://127.0.0.1:4200/runs/flow-run/run-2",
+        "MLflow UI (mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000):",
+        "  the checks, one run each (experiment driftline-monitoring): "
+        "http://127.0.0.1:5000/#/experiments/2/runs",
+        "  the training runs (experiment driftline): http://127.0.0.1:5000/#/experiments/1/runs",
+        "  the model's versions and aliases: http://127.0.0.1:5000/#/models/driftline",
+        "Evidently UI (evidently ui --workspace evidently --port 8001):",
+        "  the dashboard of the checks: http://127.0.0.1:8001/projects/project-1",
+    ]
+
+
+def test_without_ids_the_links_open_each_ui_and_a_server_is_its_own_ui(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pipeline.simulate import Outcome, summary_lines
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://user:secret@mlflow.example:8443/")
+    params = load_params(REPO / "params.yaml")
+    text = "\n".join(summary_lines(Outcome(), "http://127.0.0.1:4200", params))
+    assert "(experiment driftline): https://mlflow.example:8443/#/experiments\n" in text
+    assert "the dashboard of the checks: http://127.0.0.1:8001\n" not in text
+    assert text.endswith("the dashboard of the checks: http://127.0.0.1:8001")
+    assert "flow-run" not in text and "secret" not in text
