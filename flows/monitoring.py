@@ -87,10 +87,13 @@ def fast_check(champion: Any, window: Any, config: Any) -> Any:
 def quality(window: Any, champion: Any, min_labelled: int) -> Any:
     """The primary metric measured on the labelled rows, or, until there are enough,
     estimated on every row by the estimator registered with the champion."""
+    from pipeline.metrics import DEFAULT_PRIMARY
     from pipeline.monitoring import quality_check
 
     meta = champion.served.meta
-    metric = (meta.get("onnx") or {}).get("metric") or "rmse"
+    # The metric compress scored the export on (the primary one); a version from before
+    # it was recorded gets its task's default.
+    metric = (meta.get("onnx") or {}).get("metric") or DEFAULT_PRIMARY[meta["task"]]
     reference = (meta.get("metrics") or {}).get(metric)
     return quality_check(
         window,
