@@ -146,6 +146,10 @@ def status(
             f"{alias}: v{found['version']} registered {found['registered']}, data "
             f"{found['data_version'] or '?'}, commit {(found['git_commit'] or '?')[:10]}; {metrics}"
         )
+    say(
+        "model cards: each version's description in the MLflow registry (model_card.md in its "
+        "run); the last candidate's in reports/model_card.md"
+    )
     records = promotions.read_records()[-last:]
     say(f"last {len(records)} record(s) in {promotions.PROMOTIONS}:")
     for record in records:

@@ -7,6 +7,7 @@ its own section.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from datetime import date
@@ -525,6 +526,54 @@ Metric = Literal[
 ]
 
 
+# What a group can be compared on: the task's metrics, the share predicted positive
+# (binary) and the mean prediction (regression).
+FairnessMetric = Literal[Metric, "selection_rate", "mean_prediction"]
+GROUP_METRICS = {
+    "binary": ("selection_rate",),
+    "regression": ("mean_prediction",),
+    "multiclass": (),
+}
+
+
+class FairnessConfig(Section):
+    """The fairness audit (pipeline/fairness.py): per group of each sensitive column, the
+    test metrics with bootstrap intervals, and the gate on the gaps between groups. Off
+    while `sensitive_columns` is empty."""
+
+    # Columns whose groups are compared, e.g. [age, marital]; a numeric one needs bands.
+    sensitive_columns: list[str] = Field(default_factory=list)
+    # Band edges of a numeric column: age: [25, 35, 50, 65] makes <25, 25-35, 35-50,
+    # 50-65 and >=65.
+    bands: dict[str, list[float]] = Field(default_factory=dict)
+    # The largest gap allowed between two groups, per metric: the gate refuses a
+    # candidate whose gap's interval lies wholly above it (beyond the bootstrap noise).
+    max_gap: dict[FairnessMetric, float] = Field(default_factory=dict)
+    resamples: int = Field(default=200, ge=10, description="bootstrap resamples of test")
+    confidence: float = Field(default=0.95, gt=0.5, lt=1, description="of each interval")
+    # A smaller group is reported but left out of the gaps: its metrics are noise.
+    min_group_rows: int = Field(default=30, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FairnessConfig:
+        stray = [name for name in self.bands if name not in self.sensitive_columns]
+        if stray:
+            raise ValueError(f"bands: {', '.join(stray)} not in sensitive_columns")
+        for name, edges in self.bands.items():
+            if not edges or any(b <= a for a, b in itertools.pairwise(edges)):
+                raise ValueError(f"bands.{name}: edges must be increasing, e.g. [25, 35, 50]")
+        negative = [name for name, bound in self.max_gap.items() if not bound >= 0]
+        if negative:
+            raise ValueError(f"max_gap: {', '.join(negative)} must be >= 0")
+        if self.max_gap and not self.sensitive_columns:
+            raise ValueError("max_gap needs sensitive_columns: no groups, no gaps")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.sensitive_columns)
+
+
 class EvaluateConfig(Section):
     # null: rmse for regression, roc_auc for binary, f1_macro for multiclass.
     primary_metric: Metric | None = None
@@ -542,6 +591,7 @@ class EvaluateConfig(Section):
     # millions of rows the ranking is the same and the stage minutes shorter.
     importance_rows: int = Field(default=50_000, ge=100)
     seed: int = 42
+    fairness: FairnessConfig = Field(default_factory=FairnessConfig)
 
 
 # --- compress -----------------------------------------------------------------------------
@@ -559,6 +609,22 @@ class CompressConfig(Section):
     # Timed for reports/compression_latency.json, a record that decides nothing.
     latency_rows: int = Field(default=10_000, ge=1, description="the batch for batch latency")
     latency_calls: int = Field(default=200, ge=10, description="single-row calls timed")
+
+
+# --- deploy -------------------------------------------------------------------------------
+
+
+class ModelCardConfig(Section):
+    """Free text for the model card (pipeline.model_card); the rest is read from reports."""
+
+    # null: derived from the task, the target and the source.
+    intended_use: str | None = Field(default=None, min_length=1)
+    # Added to the derived ones (the rows and period the model saw, the slices measured).
+    limitations: list[str] = Field(default_factory=list)
+
+
+class DeployConfig(Section):
+    model_card: ModelCardConfig = Field(default_factory=ModelCardConfig)
 
 
 # --- mlflow -------------------------------------------------------------------------------
@@ -674,6 +740,7 @@ class Params(Section):
     tune: TuneConfig = Field(default_factory=TuneConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     compress: CompressConfig = Field(default_factory=CompressConfig)
+    deploy: DeployConfig = Field(default_factory=DeployConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)

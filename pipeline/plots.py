@@ -20,10 +20,12 @@ Files under `out/` and the DVC template that fits each:
   with x=mean_predicted, y=fraction_positive.
 - `importance.csv` (`feature,importance,std`, largest first): `bar_horizontal` with
   x=importance, y=feature.
+- `shap.csv` (`feature,mean_abs_shap`, largest first): `bar_horizontal` with
+  x=mean_abs_shap, y=feature.
 
 PNG files under `out/png/`: `predicted_vs_actual.png`, `residuals_over_time.png`,
 `confusion_matrix.png`, `roc.png`, `pr.png` (two classes only), `calibration.png`,
-`importance.png`.
+`importance.png`, `shap_summary.png`.
 
 matplotlib and scikit-learn are imported inside the functions: importing this module
 costs nothing for the stages that do not draw.
@@ -388,6 +390,53 @@ def importance_plot(importance: pd.DataFrame, out: Path, top: int = 20) -> list[
         title = f"Feature importance (top {len(shown)} of {len(table)})"
         ax.set(xlabel="importance", title=title)
         png = _save_png(plt, fig, out / "png" / "importance.png")
+    return [data, png]
+
+
+def shap_plot(
+    features: Sequence[str],
+    contributions: np.ndarray,
+    values: pd.DataFrame,
+    scale: str,
+    out: Path,
+    top: int = 20,
+) -> list[Path]:
+    """`shap.csv` (`feature,mean_abs_shap`, largest first) and `png/shap_summary.png`:
+    per feature (the `top` by mean |SHAP|), each explained row's SHAP value, coloured
+    by the feature's value (numerics, low blue to high red; categoricals and gaps grey)."""
+    contributions = np.asarray(contributions, dtype=np.float64)
+    table = pd.DataFrame(
+        {"feature": list(features), "mean_abs_shap": np.abs(contributions).mean(axis=0)}
+    )
+    table = table.sort_values("mean_abs_shap", ascending=False, kind="stable", ignore_index=True)
+    data = out / "shap.csv"
+    _write_csv(data, table)
+
+    shown = list(table["feature"].head(top))
+    column_of = {name: position for position, name in enumerate(features)}
+    rng = np.random.default_rng(SEED)
+    with _pyplot() as plt:
+        fig, ax = plt.subplots(figsize=(7, max(2.5, 0.35 * len(shown) + 1.2)))
+        for row, name in enumerate(shown):
+            x = contributions[:, column_of[name]]
+            y = row + rng.uniform(-0.3, 0.3, size=len(x))
+            raw = values[name] if name in values else pd.Series(dtype=object)
+            if pd.api.types.is_numeric_dtype(raw) and raw.notna().any():
+                low, high = np.nanpercentile(raw, [5, 95])
+                shade = np.clip((raw.to_numpy() - low) / ((high - low) or 1.0), 0.0, 1.0)
+                colours = plt.cm.coolwarm(np.nan_to_num(shade, nan=0.5))
+                colours[raw.isna().to_numpy()] = (0.6, 0.6, 0.6, 1.0)
+            else:
+                colours = np.tile((0.6, 0.6, 0.6, 1.0), (len(x), 1))
+            ax.scatter(x, y, s=6, c=colours, alpha=0.7, linewidths=0)
+        ax.set_yticks(np.arange(len(shown)), [str(name) for name in shown])
+        ax.invert_yaxis()
+        ax.axvline(0.0, color="black", linewidth=0.8)
+        ax.set(
+            xlabel=f"SHAP value ({scale})",
+            title=f"SHAP summary: {len(contributions)} rows (colour: low to high value)",
+        )
+        png = _save_png(plt, fig, out / "png" / "shap_summary.png")
     return [data, png]
 
 

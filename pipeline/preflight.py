@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline.config import Params, is_sql_url
+from pipeline.config import GROUP_METRICS, Params, is_sql_url
 from pipeline.errors import ConfigError, DataError
 from pipeline.metrics import DEFAULT_PRIMARY, TASK_METRICS, primary_metric
 from pipeline.schema import infer_task
@@ -185,12 +185,27 @@ def _column_problems(params: Params, facts: SourceFacts | None) -> list[str]:
     groups = [c for c in params.evaluate.baseline_groups or [] if c not in known | derived]
     if groups:
         missing["evaluate.baseline_groups"] = groups
+    fairness = params.evaluate.fairness
+    sensitive = [c for c in fairness.sensitive_columns if c not in known | derived]
+    if sensitive:
+        missing["evaluate.fairness.sensitive_columns"] = sensitive
     # The drift rule's lists name features, clean's calendar features among them.
     for key in ("calendar_columns", "ignore_columns"):
         unknown = [c for c in getattr(params.monitor, key) if c not in known | derived]
         if unknown:
             missing[f"monitor.{key}"] = unknown
     found = [f"{key}: {', '.join(columns)} not in {where}" for key, columns in missing.items()]
+    schema = params.data.schema_
+    unbanded = [
+        column
+        for column in fairness.sensitive_columns
+        if schema is not None and column in schema.numeric and column not in fairness.bands
+    ]
+    if unbanded:
+        found.append(
+            f"evaluate.fairness.bands: {', '.join(unbanded)} numeric, so it needs band edges, "
+            f"e.g. {unbanded[0]}: [25, 35, 50, 65]"
+        )
     if found and facts is not None:
         found.append(f"the data's columns are {_listing(facts.columns)}")
     return found
@@ -245,6 +260,13 @@ def _metric_problems(params: Params, task: str) -> list[str]:
     if wrong:
         found.append(
             f"evaluate.floors: {', '.join(wrong)} not a {task} metric (one of {', '.join(allowed)})"
+        )
+    compared = allowed + GROUP_METRICS[task]
+    gaps = [name for name in params.evaluate.fairness.max_gap if name not in compared]
+    if gaps:
+        found.append(
+            f"evaluate.fairness.max_gap: {', '.join(gaps)} not compared for a {task} task "
+            f"(one of {', '.join(compared)})"
         )
     return found
 

@@ -7,6 +7,8 @@ quality estimator (how the monitor estimates the metric before labels arrive), t
 with the git commit, the data version, the model's hash and its test metrics. The old
 champion becomes `previous`. Every outcome, a promotion or a refusal with its
 numbers, is a line in `reports/promotions.jsonl`; `reports/deploy.json` holds the last.
+The candidate's model card (pipeline.model_card) goes to `reports/model_card.md` whatever
+the outcome, and a registered version carries it as its description and in its run.
 
 The gate is trusted only if it was decided against the champion the registry holds
 now; a candidate that is the champion already (the same model) keeps it.
@@ -19,13 +21,20 @@ the experiment's name, and `driftline promote VERSION` serves it when a person d
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from pipeline.artifacts import folder_digest, read_json, read_stage_input, write_json_atomic
+from pipeline import model_card
+from pipeline.artifacts import (
+    folder_digest,
+    read_json,
+    read_stage_input,
+    write_json_atomic,
+    write_text_atomic,
+)
 from pipeline.config import DEFAULT_PARAMS, load_params
 from pipeline.console import report_user_errors, say, warn
 from pipeline.errors import DataError
@@ -85,12 +94,22 @@ def main(
     latency: Annotated[
         Path, typer.Option(help="compress's latency record, logged with the model if present.")
     ] = Path("reports/compression_latency.json"),
+    split_report: Annotated[
+        Path, typer.Option(help="split's report: the rows and period the model saw.")
+    ] = Path("reports/split.json"),
+    fairness: Annotated[
+        Path, typer.Option(help="evaluate's fairness audit, shown in the card if present.")
+    ] = Path("reports/fairness.json"),
+    card: Annotated[Path, typer.Option(help="The candidate's model card.")] = Path(
+        "reports/model_card.md"
+    ),
 ) -> None:
     """Register the candidate and make it the champion if the gate passed; record why."""
     loaded = load_params(params)
     config = loaded.mlflow
     decided = read_json(gate, "evaluate")
-    importance = FeatureImportance.from_evaluation(read_json(evaluation, "evaluate"))
+    evaluated = read_json(evaluation, "evaluate")
+    importance = FeatureImportance.from_evaluation(evaluated)
     if not (compressed / "model.onnx").exists():
         raise DataError(f"{compressed}/model.onnx does not exist: run the compress stage first")
     if not (reference / "reference.parquet").exists() or not (reference / "drift_profile").is_dir():
@@ -115,15 +134,28 @@ def main(
     # The tune run that logged this model folder (by its hash): the deployable model,
     # ONNX export and reference go into it.
     run_id = tracking.model_run(config, experiment_id, "tune", model)
+    card_inputs = model_card.CardInputs(
+        registered_model=config.registered_model,
+        evaluation=evaluated,
+        gate=decided,
+        model=read_json(model / "model.json", "tune"),
+        source=loaded.data.source,
+        split=read_json(split_report, "split") if split_report.exists() else None,
+        fairness=read_json(fairness, "evaluate") if fairness.exists() else None,
+        intended_use=loaded.deploy.model_card.intended_use,
+        limitations=loaded.deploy.model_card.limitations,
+    )
     with tracking.tracking_errors(config):
+        import mlflow
+
+        run_tags = mlflow.MlflowClient().get_run(run_id).data.tags
+        card_inputs = replace(card_inputs, provenance=model_card.Provenance.from_run_tags(run_tags))
         champion = alias_version(config, CHAMPION)
         champion_version = str(champion.version) if champion is not None else None
         champion_sha = (champion.tags or {}).get(tracking.MODEL_SHA256_TAG) if champion else None
         decision = decide(decided, candidate_sha, champion_version, champion_sha)
         metrics = decided.get("candidate") or {}
         if decision.action == "promote":
-            import mlflow
-
             example = read_stage_input(split / "val.parquet", "split")
             with mlflow.start_run(run_id=run_id) as run:
                 uri = tracking.log_model(
@@ -150,6 +182,16 @@ def main(
             from pipeline.registry import CHALLENGER, register, set_alias
 
             version = register(config, uri, tags=tags)
+            card_text = model_card.build_model_card(
+                replace(card_inputs, version=version, outcome=_card_outcome(decision, experiment))
+            )
+            with mlflow.start_run(run_id=run_id):
+                mlflow.log_text(card_text, model_card.CARD_FILE)
+            mlflow.MlflowClient().update_model_version(
+                config.registered_model,
+                version,
+                description=model_card.version_description(card_text),
+            )
             if experiment:
                 set_alias(config, CHALLENGER, version)
                 record = promotions.PromotionRecord(
@@ -182,10 +224,23 @@ def main(
                 champion_metrics=decided.get("champion"),
             )
             promotions.append_record(record)
+    if decision.action != "promote":
+        version = champion_version if decision.action == "keep" else None
+        card_text = model_card.build_model_card(
+            replace(card_inputs, version=version, outcome=_card_outcome(decision, experiment))
+        )
+    write_text_atomic(card, card_text)
     write_json_atomic(report, asdict(record))
     say(f"deploy: {record.action}: {record.reason}")
+    say(f"model card -> {card}")
     if record.action == "promote":
         say(f"champion is now v{record.version} (previous: {record.previous or 'none'})")
+
+
+def _card_outcome(decision: Decision, experiment: str | None) -> str:
+    if decision.action == "promote" and experiment:
+        return f"challenger from experiment {experiment}: {decision.reason}"
+    return f"{decision.action}: {decision.reason}"
 
 
 if __name__ == "__main__":

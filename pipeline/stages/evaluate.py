@@ -6,15 +6,17 @@ scored on the same test rows for comparison, never to choose.
 
 The gate compares the candidate with the registry's champion on these test rows: it
 passes only when the candidate beats the champion by `evaluate.min_improvement` on
-the primary metric and meets every floor. With no champion, the floors alone decide.
+the primary metric, meets every floor and keeps every bounded fairness gap. With no
+champion, the floors alone decide.
 
 Outputs: `metrics/evaluate.json`, `reports/gate.json`, `reports/evaluation.json`
-(baseline, untuned, slices, importance), `plots/` (CSV for `dvc plots`, PNG in
-`plots/png/`) and `models/quality_estimator/`: how the monitor estimates the primary
-metric before labels arrive (pipeline/quality_estimate.py: CBPE checked on the test
-rows for a classifier, DLE's loss model fitted on them for a regression), which deploy
-registers with the model. The test metrics, plots and gate are added to the tune run in
-MLflow.
+(baseline, untuned, slices, importance), `reports/fairness.json` (per-group metrics and
+gaps, pipeline/fairness.py; empty unless `evaluate.fairness` names columns), `plots/`
+(CSV for `dvc plots`, PNG in `plots/png/`) and `models/quality_estimator/`: how the
+monitor estimates the primary metric before labels arrive (pipeline/quality_estimate.py:
+CBPE checked on the test rows for a classifier, DLE's loss model fitted on them for a
+regression), which deploy registers with the model. The test metrics, plots, gate and
+fairness audit are added to the tune run in MLflow.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from pipeline.metrics import (
 from pipeline.schema import DatasetSpec
 
 if TYPE_CHECKING:
+    from pipeline.fairness import FairnessAudit
     from pipeline.models import TabularModel
     from pipeline.quality_estimate import QualityEstimator
     from pipeline.scoring import Scored
@@ -70,6 +73,8 @@ class GateDecision:
     improvement: float | None = None
     min_improvement: float = 0.0
     floors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The largest gap per metric between groups, with its interval and bound (fairness).
+    fairness: dict[str, dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return finite(asdict(self))
@@ -83,11 +88,14 @@ def gate(
     floors: dict[str, float],
     champion_version: str | None = None,
     champion_error: str | None = None,
+    fairness: FairnessAudit | None = None,
 ) -> GateDecision:
     """Judge a candidate's test metrics against the floors and the champion's.
 
     `champion_error` says why a champion exists but cannot be scored on these rows (its
     features are gone, say): then nothing is compared, so the candidate is refused.
+    `fairness`, the audit of the candidate's groups, refuses it when a gap between two
+    groups exceeds `evaluate.fairness.max_gap` beyond the bootstrap noise.
     """
     checked = {
         name: {
@@ -106,6 +114,7 @@ def gate(
         "champion_version": champion_version,
         "min_improvement": min_improvement,
         "floors": checked,
+        "fairness": fairness.to_dict()["gaps"] if fairness is not None else None,
     }
     if failed:
         parts = [
@@ -114,6 +123,9 @@ def gate(
             for name in failed
         ]
         return GateDecision(False, f"fails the floor: {'; '.join(parts)}", **common)
+    unfair = fairness.failures() if fairness is not None else []
+    if unfair:
+        return GateDecision(False, f"fails the fairness gap: {'; '.join(unfair)}", **common)
     if champion_error is not None:
         return GateDecision(
             False,
@@ -295,6 +307,9 @@ def main(
     quality: Annotated[
         Path, typer.Option(help="The monitor's quality estimator (CBPE check or DLE model).")
     ] = Path("models/quality_estimator"),
+    fairness_report: Annotated[
+        Path, typer.Option("--fairness", help="Per-group metrics and gaps (evaluate.fairness).")
+    ] = Path("reports/fairness.json"),
 ) -> None:
     """Score the tuned model on test, compare it with the baseline and the champion."""
     loaded = load_params(params)
@@ -332,6 +347,11 @@ def main(
         champion_scores, incompatible = champion_metrics(champion_model, test_rows, spec.target)
     if incompatible:
         warn(f"the champion v{champion.version} cannot score these test rows ({incompatible})")
+    fairness = None
+    if config.fairness.enabled:
+        from pipeline.fairness import audit
+
+        fairness = audit(scored, test_rows, spec.task, config.fairness, config.seed)
     decision = gate(
         scored.metrics,
         champion_scores,
@@ -340,6 +360,7 @@ def main(
         config.floors,
         champion.version if champion else None,
         champion_error=incompatible,
+        fairness=fairness,
     )
     budget = tuned_summary.get("budget", {})
     if "cut_by_timeout" in budget:
@@ -357,6 +378,10 @@ def main(
     importance = permutation_importance(
         candidate, importance_frame, spec.target, metric, config.importance_repeats, config.seed
     )
+    from pipeline.explain import shap_summary  # SHAP beside permutation importance
+    from pipeline.plots import shap_plot
+
+    shap = shap_summary(candidate, importance_frame, seed=config.seed)
     slices = slice_metrics(scored, test_rows, spec, candidate)
     estimator = quality_estimator(
         candidate, scored, test_rows, metric, loaded.monitor.loss_estimator_rounds, config.seed
@@ -372,6 +397,7 @@ def main(
         "champion": finite(champion_scores) if champion_scores else None,
         "slices": slices,
         "importance": finite(importance.to_dict(orient="records")),
+        "shap": finite(shap.to_dict()),
         "test_rows": len(test_rows),
         "quality_estimate": {
             key: value
@@ -383,22 +409,44 @@ def main(
         **test_metrics,
         **{f"untuned_{name}": value for name, value in finite(untuned_metrics).items()},
         **{f"baseline_{name}": value for name, value in finite(baseline_metrics).items()},
+        **(fairness.flat() if fairness is not None else {}),
         "gate_passed": decision.passed,
     }
+    fairness_json = (
+        fairness.to_dict()
+        if fairness is not None
+        else {"sensitive_columns": [], "gaps": {}, "groups": {}}
+    )
     with staged_directory(plots) as staged:
         written_plots = _draw_plots(scored, candidate, test_rows, spec, importance, staged)
+        written_plots += shap_plot(
+            shap.explanation.features,
+            shap.explanation.contributions,
+            shap.values,
+            shap.explanation.scale,
+            staged,
+        )
+        if fairness is not None:
+            from pipeline.fairness import fairness_plot
+
+            written_plots += fairness_plot(fairness, metric, staged)
         # Logged before anything is replaced: a store that fails leaves every output as it was.
-        _log_to_mlflow(loaded.mlflow, tune_run_id, flat, decision, evaluation, staged)
+        _log_to_mlflow(
+            loaded.mlflow, tune_run_id, flat, decision, evaluation, staged, fairness_json
+        )
     with staged_directory(quality) as staged:
         estimator.write(staged)
     write_json_atomic(report, evaluation)
     write_json_atomic(gate_report, decision.to_dict())
+    write_json_atomic(fairness_report, fairness_json)
     write_json_atomic(metrics, flat)
     say(
         f"evaluate: test {metric} {scored.metrics[metric]:.5g} (untuned "
         f"{untuned_metrics[metric]:.5g}, baseline {baseline_metrics[metric]:.5g}); "
         f"{len(written_plots)} plot files -> {plots}"
     )
+    if fairness is not None:
+        say(f"fairness: {describe_fairness(fairness)} -> {fairness_report}")
     say(f"gate: {'PASSED' if decision.passed else 'REFUSED'}: {decision.reason}")
     say(f"quality before labels: {describe_estimator(estimator)}")
 
@@ -422,6 +470,19 @@ def quality_estimator(
         model.features.categorical,
         rounds,
         seed,
+    )
+
+
+def describe_fairness(fairness: FairnessAudit) -> str:
+    """One line: the largest gap of each bounded metric, else of every metric."""
+    bounded = [gap for gap in fairness.gaps.values() if gap.max_gap is not None]
+    shown = bounded or list(fairness.gaps.values())
+    if not shown:
+        return "no gap (fewer than two groups large enough)"
+    return "; ".join(
+        f"{gap.metric} gap {gap.gap:.3g} [{gap.low:.3g}, {gap.high:.3g}] ({gap.column})"
+        + (f", max {gap.max_gap:g}" if gap.max_gap is not None else "")
+        for gap in shown
     )
 
 
@@ -468,6 +529,7 @@ def _log_to_mlflow(
     decision: GateDecision,
     evaluation: dict[str, Any],
     plots: Path,
+    fairness: dict[str, Any] | None = None,
 ) -> None:
     """Add the test metrics, slices, importance, gate and plots to the tune run that made
     the model."""
@@ -475,8 +537,9 @@ def _log_to_mlflow(
 
     from pipeline.tracking import tracking_errors
 
+    own_prefix = ("untuned_", "baseline_", "fairness_")
     numbers = {
-        f"test_{name}" if not name.startswith(("untuned_", "baseline_")) else name: float(value)
+        name if name.startswith(own_prefix) else f"test_{name}": float(value)
         for name, value in flat.items()
         if isinstance(value, int | float) and not isinstance(value, bool)
     }
@@ -493,6 +556,8 @@ def _log_to_mlflow(
         )
         mlflow.log_dict(decision.to_dict(), "evaluation/gate.json")
         mlflow.log_dict(evaluation, "evaluation/evaluation.json")
+        if fairness is not None:
+            mlflow.log_dict(fairness, "evaluation/fairness.json")
         mlflow.log_artifacts(str(plots), "evaluation/plots")
 
 

@@ -41,8 +41,21 @@ def test_first_model_is_judged_on_the_floors_alone(trained: Project) -> None:
     evaluation = read(trained, "reports/evaluation.json")
     assert {entry["feature"] for entry in evaluation["importance"]} >= {"hr", "temp"}
     assert set(evaluation["slices"]) == {"season", "weathersit", "workingday"}
+    # SHAP beside permutation importance: xgboost's TreeSHAP on the margin, every feature.
+    shap = evaluation["shap"]
+    assert shap["method"] == "tree_shap" and shap["rows"] > 0
+    ranked = [entry["mean_abs_shap"] for entry in shap["mean_abs_shap"]]
+    assert ranked == sorted(ranked, reverse=True) and ranked[0] > 0
+    assert {entry["feature"] for entry in shap["mean_abs_shap"]} == {
+        entry["feature"] for entry in evaluation["importance"]
+    }
     pngs = {path.name for path in (trained.root / "plots/png").iterdir()}
-    assert pngs == {"predicted_vs_actual.png", "residuals_over_time.png", "importance.png"}
+    assert pngs == {
+        "predicted_vs_actual.png",
+        "residuals_over_time.png",
+        "importance.png",
+        "shap_summary.png",
+    }
     assert (trained.root / "plots/predictions.csv").exists()
 
 

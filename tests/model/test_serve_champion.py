@@ -65,6 +65,10 @@ def test_serve_reloads_the_champion_and_logs_predictions(produced: Project) -> N
         records = json.loads(test[columns].head(5).to_json(orient="records"))
         answer = call(f"{base}/predict", {"records": records})
         assert len(answer["predictions"]) == 5 and answer["model_version"] == "2"
+        # /explain loads the registered version's native booster: TreeSHAP on the margin.
+        explained = call(f"{base}/explain?top=3", records[0])
+        assert explained["method"] == "tree_shap" and explained["model_version"] == "2"
+        assert len(explained["explanations"][0]["contributions"]) == 3
 
         failures, served = [], set()
         stop = threading.Event()
