@@ -400,7 +400,9 @@ def _quality_section(estimate: Any) -> str:
     lines.append(f"The monitor estimates {metric} before labels arrive with {method}.")
     test = estimate.get("test")
     if isinstance(test, Mapping) and "measured" in test:
-        estimated = test.get("estimated", test.get("estimated_as_served"))
+        estimated = test.get("estimated")
+        if estimated is None:
+            estimated = test.get("estimated_as_served")
         lines.append(
             f"On the {test.get('rows', '?')} test rows: measured {_number(test['measured'])}, "
             f"estimated {_number(estimated)}."

@@ -427,15 +427,20 @@ def logged_probabilities(
     frame: pd.DataFrame, classes: Sequence[Any]
 ) -> tuple[np.ndarray, np.ndarray]:
     """The served class probabilities (n, classes) and decisions (codes) of logged rows;
-    rows without probabilities or with an unknown class are left out."""
+    rows without probabilities, with an unknown class, or whose probabilities do not name
+    every class (served by another version) or do not parse are left out."""
     texts = [category_value(label) for label in classes]
     code = {text: position for position, text in enumerate(texts)}
     probabilities, predicted = [], []
     for served, logged in zip(frame["prediction"], frame["probabilities"], strict=True):
         if not logged or category_value(served) not in code:
             continue
-        by_class = json.loads(logged) if isinstance(logged, str) else logged
-        probabilities.append([float(by_class[text]) for text in texts])
+        try:
+            by_class = json.loads(logged) if isinstance(logged, str) else logged
+            row = [float(by_class[text]) for text in texts]
+        except (ValueError, TypeError, KeyError):
+            continue
+        probabilities.append(row)
         predicted.append(code[category_value(served)])
     return (
         np.asarray(probabilities, dtype=np.float64).reshape(-1, len(texts)),

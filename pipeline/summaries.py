@@ -179,10 +179,10 @@ def summarise_columns(
     summaries = {}
     for name, values in columns.items():
         array = np.asarray(values)
-        if array.dtype.kind in "fiub":
+        if array.dtype.kind in "fiu":
             summaries[name] = _float_summary(name, array.astype(np.float64))
-        else:
-            summaries[name] = text_summary(name, list(array))
+        else:  # booleans too, as the check's category text ("True"): `_as_numbers`
+            summaries[name] = text_summary(name, [_text(value) for value in array])
     return Summary(start=start, end=end, rows=rows, columns=summaries)
 
 
@@ -227,9 +227,21 @@ def summarise_table(table: pa.Table, prefix: str) -> list[Summary]:
             kind = chunked.type
             if pa.types.is_floating(kind) or pa.types.is_integer(kind):
                 columns[feature] = _float_summary(feature, chunked.to_numpy().astype(np.float64))
-            elif pa.types.is_boolean(kind) or pa.types.is_null(kind):
-                values = np.array([np.nan if v is None else float(v) for v in chunked.to_pylist()])
-                columns[feature] = _float_summary(feature, values)
+            elif pa.types.is_null(kind):
+                columns[feature] = ColumnSummary(
+                    feature, "number", np.empty(0), np.empty(0, np.int64), rows.num_rows
+                )
+            elif pa.types.is_boolean(kind):  # as the check's category text: `_as_numbers`
+                trues = int(pc.sum(chunked).as_py() or 0)
+                falses = rows.num_rows - chunked.null_count - trues
+                kept = [(text, n) for text, n in (("False", falses), ("True", trues)) if n]
+                columns[feature] = ColumnSummary(
+                    feature,
+                    "text",
+                    np.array([text for text, _ in kept], dtype=object),
+                    np.array([n for _, n in kept], dtype=np.int64),
+                    chunked.null_count,
+                )
             else:
                 tallies = pc.value_counts(chunked.cast(pa.string()))
                 texts = tallies.field(0).to_numpy(zero_copy_only=False)
@@ -486,12 +498,25 @@ def _as_numbers(current: ColumnSummary) -> ColumnSummary:
     """Text counts as numbers (`numeric_values`' conversion); unparseable is missing."""
     if current.kind == "number":
         return current
-    numbers = pd.to_numeric(pd.Series(current.values, dtype=object), errors="coerce")
+    texts = pd.Series(current.values, dtype=object).replace(BOOLEAN_NUMBERS)
+    numbers = pd.to_numeric(texts, errors="coerce")
     array = numbers.to_numpy(dtype=np.float64, na_value=np.nan)
     finite = np.isfinite(array)
     lost = int(current.counts[~finite].sum())
     values, counts = _tally(array[finite], current.counts[finite])
     return ColumnSummary(current.name, "number", values, counts, current.missing + lost)
+
+
+# A boolean is summarised as text, as the check names its categories; a column the
+# check compares as numbers (`numeric_values`) reads it as 0 and 1.
+BOOLEAN_NUMBERS = {"False": 0.0, "True": 1.0}
+
+
+def _text(value: Any) -> Any:
+    """A value of a text column as the check names its category (`category_text`)."""
+    if isinstance(value, bool | np.bool_):
+        return str(bool(value))
+    return value
 
 
 def _as_texts(current: ColumnSummary) -> list[str | None]:

@@ -410,3 +410,30 @@ def test_parquet_and_sql_logs_summarise_alike(served: tuple[DriftProfile, pd.Dat
     ]
     for arrow, pandas in zip(by_arrow, by_pandas, strict=True):
         same_columns(arrow, pandas)
+
+
+@pytest.mark.parametrize("categorical", [True, False], ids=["as categories", "as numbers"])
+def test_a_boolean_column_gets_check_drifts_verdict(categorical: bool) -> None:
+    """A yes/no feature is summarised as the check names it ("True", "False"), through
+    the arrays of a flush and through the Arrow table the log writes, whether the
+    profile compares it as categories or as 0 and 1."""
+    import pyarrow as pa
+
+    from pipeline.summaries import summarise_table
+
+    rng = np.random.default_rng(5)
+    reference = pd.DataFrame({"b": rng.random(2000) < 0.3})
+    profile = build_profile(reference, [] if categorical else ["b"], ["b"] if categorical else [])
+    for share in (0.3, 0.7):  # the same mix, then a flipped one
+        current = pd.DataFrame({"b": rng.random(600) < share})
+        expected = check_drift(profile, current, 0.5).verdicts
+        from_arrays = check_summary(profile, summary_of(current), 0.5).result.verdicts
+        table = pa.table(
+            {
+                "timestamp": pa.array([START] * len(current), pa.timestamp("us", tz="UTC")),
+                "f_b": pa.array(current["b"].tolist(), pa.bool_()),
+            }
+        )
+        [from_table] = summarise_table(table, "f_")
+        assert from_arrays == expected == check_summary(profile, from_table, 0.5).result.verdicts
+        assert expected == {"b": share == 0.7}

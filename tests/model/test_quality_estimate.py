@@ -326,3 +326,24 @@ def _no_drift() -> ModelDrift:
     result = DriftResult(columns=verdicts, drift_share=0.5, current_rows=1000)
     prediction = ColumnDrift("prediction", "numeric", "wasserstein", 0.01, 0.1, False)
     return weigh_drift(result, column_roles(["c0"]), None, prediction)
+
+
+def test_logged_rows_another_version_served_are_left_out() -> None:
+    """A window can hold rows an older version served: probabilities over other classes,
+    or text that is not JSON. They are skipped, never a traceback."""
+    from pipeline.quality_estimate import logged_probabilities
+
+    frame = pd.DataFrame(
+        {
+            "prediction": ["yes", "no", "yes", "maybe", "no"],
+            "probabilities": [
+                '{"no": 0.2, "yes": 0.8}',
+                '{"no": 0.9, "other": 0.1}',  # another version's classes
+                "not json",
+                '{"no": 0.5, "yes": 0.5}',  # an unknown class served
+                None,
+            ],
+        }
+    )
+    probabilities, predicted = logged_probabilities(frame, ["no", "yes"])
+    assert probabilities.tolist() == [[0.2, 0.8]] and predicted.tolist() == [1]
