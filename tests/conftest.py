@@ -58,6 +58,9 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["XDG_CACHE_HOME"] = str(caches / "cache")
     os.environ["XDG_CONFIG_HOME"] = str(caches / "config")
     os.environ["MPLCONFIGDIR"] = str(caches / "matplotlib")
+    # Importing a flow module at collection creates Prefect's home: not ~/.prefect. The
+    # session fixture below then gives the tests their own.
+    os.environ["PREFECT_HOME"] = str(caches / "prefect")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
