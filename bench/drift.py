@@ -237,9 +237,7 @@ def run_check(args: argparse.Namespace) -> dict[str, Any]:
         "rss_before_mb": before,
         "peak_reset": reset,
         "peak_rss_mb": peak_rss_mb(),
-        "verdicts": result.verdicts,
-        "methods": {column.column: column.method for column in result.columns},
-        "statistics": {column.column: column.statistic for column in result.columns},
+        **verdict_figures(result),
         "share": result.share,
         "evidently_loaded": "evidently" in sys.modules,
     }
@@ -364,9 +362,7 @@ def run_summary_check(args: argparse.Namespace) -> dict[str, Any]:
         "rss_before_mb": before,
         "peak_reset": reset,
         "peak_rss_mb": peak_rss_mb(),
-        "verdicts": result.verdicts,
-        "methods": {column.column: column.method for column in result.columns},
-        "statistics": {column.column: column.statistic for column in result.columns},
+        **verdict_figures(result),
         "bounds": checked.bounds,
         "uncertain": list(checked.uncertain),
         "share": result.share,
@@ -380,6 +376,16 @@ WORKERS = {
     "summaries": run_summaries,
     "summary-check": run_summary_check,
 }
+
+
+def verdict_figures(result: Any) -> dict[str, Any]:
+    """A `DriftResult`'s verdicts, methods and statistics per column, as the workers
+    report them."""
+    return {
+        "verdicts": result.verdicts,
+        "methods": {column.column: column.method for column in result.columns},
+        "statistics": {column.column: column.statistic for column in result.columns},
+    }
 
 
 def spawn(
