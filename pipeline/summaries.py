@@ -35,6 +35,8 @@ uncertain from buckets.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 import json
 import math
@@ -437,11 +439,27 @@ def summary_from_bytes(data: bytes, where: str) -> Summary:
 
 
 def current_summaries(summaries: Iterable[Summary]) -> list[Summary]:
-    """Drop the summaries a compacted one replaces (a reader between a compaction's
-    write and its deletes sees both)."""
-    summaries = list(summaries)
+    """The summaries that count each row once: without those a compacted one replaces
+    (a reader between a compaction's write and its deletes sees both). Two monitors
+    compacting an hour at once write the same merge under the same id
+    (`compaction_id`), kept once; one that merged fewer parts than the other is dropped
+    for the other."""
+    summaries = list({summary.id: summary for summary in summaries}.values())
     replaced = {name for summary in summaries for name in summary.replaces}
-    return [summary for summary in summaries if summary.id not in replaced]
+    merges = [set(summary.replaces) for summary in summaries if summary.replaces]
+    return [
+        summary
+        for summary in summaries
+        if summary.id not in replaced
+        and not any(set(summary.replaces) < merged for merged in merges)
+    ]
+
+
+def compaction_id(replaces: Iterable[str]) -> str:
+    """The id of the merge of the summaries `replaces` names: the same parts give the
+    same id, whoever merges them."""
+    digest = hashlib.sha256("\n".join(sorted(replaces)).encode()).hexdigest()
+    return digest[:32]
 
 
 def hours_within(start: datetime, end: datetime) -> list[datetime]:
@@ -792,14 +810,18 @@ def compact_hours(
             end=hour + HOUR,
             rows=merged.rows,
             columns=merged.columns,
-            replaces=tuple(part.id for part in parts),
+            id=compaction_id(part.id for part in parts),
+            replaces=tuple(sorted(part.id for part in parts)),
         )
         if is_sql_url(location):
             from sqlalchemy import create_engine, delete
+            from sqlalchemy.exc import IntegrityError
 
             engine = create_engine(str(location))
             try:
-                write_summary_rows(engine, table, [merged])
+                # IntegrityError: another monitor wrote this very merge first.
+                with contextlib.suppress(IntegrityError):
+                    write_summary_rows(engine, table, [merged])
                 target = _sql_table(table)
                 with engine.begin() as connection:
                     connection.execute(delete(target).where(target.c.id.in_(merged.replaces)))

@@ -39,6 +39,7 @@ from pipeline.summaries import (
     as_sketch,
     check_summary,
     check_window,
+    compact_hours,
     merge_summaries,
     read_hour_summaries,
     summarise_columns,
@@ -363,6 +364,29 @@ def test_hours_without_matching_summaries_are_read_from_rows(
     )
     in_hour_10 = int((window.frame["timestamp"].dt.hour == 10).sum())
     assert checked.from_summaries == in_hour_10 and checked.from_rows == window.rows - in_hour_10
+
+
+@pytest.mark.parametrize("store", ["parquet", "sqlite"])
+def test_two_monitors_compacting_at_once_count_each_row_once(
+    served: tuple[DriftProfile, pd.DataFrame], tmp_path: Path, store: str
+) -> None:
+    """Two checks read the same flush summaries of an hour and both compact them; or
+    one read them before a later flush and merged fewer. Either way the hour's
+    summaries count its rows once, so it is still taken from summaries."""
+    _, frame = served
+    location = str(tmp_path / "log") if store == "parquet" else f"sqlite:///{tmp_path / 'p.db'}"
+    write_log(location, frame, flushes=12)
+    hour = START + 2 * HOUR  # 11:00, summarised by several flushes
+    parts = read_hour_summaries(location, [hour])[hour]
+    rows = sum(part.rows for part in parts)
+    assert len(parts) >= 3
+    # The first monitor merged all but the last flush's summary, the other two all of them
+    # (the same merge, written twice), each before the other deleted anything.
+    assert compact_hours(location, {hour: parts[:-1]}) == 1
+    assert compact_hours(location, {hour: parts}) == 1
+    assert compact_hours(location, {hour: parts}) == 1
+    [merged] = read_hour_summaries(location, [hour])[hour]
+    assert merged.rows == rows and set(merged.replaces) == {part.id for part in parts}
 
 
 def test_a_damaged_summary_means_rows(
