@@ -16,7 +16,12 @@ checkout's `data/reference`, which a refused candidate may have replaced):
 - **the report** is Evidently's `DataDriftPreset` plus prediction drift, saved as HTML
   and JSON to `reports/monitoring/<time>/`, logged to an MLflow run, and added to the
   Evidently workspace with the decision's figures, whose dashboard plots the checks over
-  time (pipeline/evidently_dashboard.py; `evidently ui --workspace evidently`).
+  time (pipeline/evidently_dashboard.py; `evidently ui --workspace evidently`);
+- **fairness**, when `evaluate.fairness` names sensitive columns and enough labels are in:
+  evaluate's audit on the labelled rows (the predictions the champion served, per group),
+  each gap beside the champion's on test, in the record (`fairness`), a reason line and
+  the MLflow run (`fairness_gap_<metric>`). A gap beyond `evaluate.fairness.max_gap` is
+  warned, never a retraining trigger: retraining on the same data does not remove a bias.
 
 The decision and its numbers are recorded whichever way it goes (`decision.json`, and a
 line in `reports/monitoring/decisions.jsonl`, both logged with the MLflow run). On drift
@@ -42,6 +47,7 @@ from pipeline.prediction_log import is_sql_url
 from pipeline.stores import create_file, create_folder
 
 DRIFT_EVENT = "driftline.drift.detected"
+FAIRNESS_REPORT = "reports/fairness.json"  # evaluate's, when the champion's run lacks it
 PREDICTION = "prediction"
 
 _TASK = {"cache_policy": NO_CACHE, "persist_result": False}
@@ -103,6 +109,36 @@ def quality(window: Any, champion: Any, min_labelled: int) -> Any:
         reference,
         min_labelled,
         champion.quality,  # CBPE or DLE, used until enough labels are in
+    )
+
+
+@task(name="champion's fairness on test", **_TASK)
+def champion_test_fairness(params: Any, version: str, root: Path) -> Any:
+    """The champion's fairness gaps on test: from the run its registry version was
+    registered from, else this checkout's reports/fairness.json (the record says which)."""
+    from pipeline.monitoring import champion_fairness
+    from pipeline.tracking import start_tracking
+
+    start_tracking(params.mlflow, params.stores.private)
+    return champion_fairness(params.mlflow, version, root / FAIRNESS_REPORT)
+
+
+@task(name="fairness check", **_TASK)
+def check_fairness(window: Any, champion: Any, params: Any, primary: str, on_test: Any) -> Any:
+    """evaluate's fairness audit on the window's labelled rows, from the predictions the
+    champion served, beside its gaps on test."""
+    from pipeline.monitoring import fairness_check
+
+    meta = champion.served.meta
+    return fairness_check(
+        window,
+        meta["task"],
+        list(meta["classes"]),
+        params.evaluate.fairness,
+        params.monitor.min_labelled_rows,
+        params.evaluate.seed,
+        primary,
+        on_test,
     )
 
 
@@ -173,7 +209,12 @@ def log_run(params: Any, record: dict[str, Any], folder: Path) -> str:
             experiment_id=experiment, run_name=f"monitor {record['window']['end']}"
         ) as run,
     ):
-        mlflow.set_tags({"driftline.drift": str(record["drift"]).lower()})
+        mlflow.set_tags(
+            {
+                "driftline.drift": str(record["drift"]).lower(),
+                "driftline.fairness": _fairness_tag(record),
+            }
+        )
         mlflow.log_metrics(_figures(record))
         mlflow.log_artifacts(str(folder), artifact_path="monitoring")
         return str(run.info.run_id)
@@ -194,7 +235,39 @@ def _figures(record: dict[str, Any]) -> dict[str, float]:
             figures[f"quality_{name}"] = float(quality[name])
     if quality.get("judged") and quality.get("drop") is not None:
         figures["quality_drop"] = float(quality["drop"])
+    fairness = record.get("fairness") or {}
+    if fairness.get("audited"):
+        # The largest gap per metric between two groups, and beside it the champion's on test.
+        for name, gap in (fairness.get("gaps") or {}).items():
+            if gap.get("gap") is not None:
+                figures[f"fairness_gap_{name}"] = float(gap["gap"])
+            if (gap.get("test") or {}).get("gap") is not None:
+                figures[f"fairness_test_gap_{name}"] = float(gap["test"]["gap"])
+        figures["fairness_gaps_exceeded"] = float(len(fairness.get("exceeded") or []))
     return figures
+
+
+def _fairness_tag(record: dict[str, Any]) -> str:
+    fairness = record.get("fairness") or {}
+    if not fairness.get("audited"):
+        return "not audited"
+    return "exceeded" if fairness.get("exceeded") else "within"
+
+
+def _fairness_record(
+    window: Any, champion: Any, params: Any, root: Path, primary: str
+) -> dict[str, Any]:
+    """The fairness check as the record holds it; one that fails is a line, never the
+    monitor's failure (the decision does not depend on it)."""
+    on_test = None
+    if params.evaluate.fairness.enabled:
+        found = champion_test_fairness(params, champion.served.version, root, return_state=True)
+        on_test = found.result() if found.is_completed() else None
+    checked = check_fairness(window, champion, params, primary, on_test, return_state=True)
+    if not checked.is_completed():
+        failure = (checked.message or "no message").splitlines()[0]
+        return {"audited": False, "reason": f"the fairness check failed: {failure}"}
+    return checked.result().to_dict()
 
 
 def _run_uri(run_id: str | None) -> str | None:
@@ -276,6 +349,13 @@ def _monitor(
     record.update(model_version=champion.served.version)
     record.update(drift_method=checked_drift.method)  # summaries, rows, or both
     logger = get_run_logger()
+    # Reported beside the decision, never deciding: retraining on the same data does not
+    # remove a bias (pipeline.monitoring.FAIRNESS_RULE).
+    record["fairness"] = _fairness_record(window, champion, params, root, checked.metric)
+    if params.evaluate.fairness.enabled:
+        record["reasons"].append(f"fairness: {record['fairness']['reason']}")
+    if record["fairness"].get("exceeded"):
+        logger.warning("fairness: %s", record["fairness"]["reason"])
     # The report and the MLflow run are for people: if either fails, the decision is
     # still recorded and acted on.
     reported = evidently_report.with_options(name="Evidently report")(

@@ -4,8 +4,9 @@ Each check adds one snapshot to the project `driftline` of the Evidently workspa
 (`evidently ui --workspace evidently`): the drift report (`DataDriftPreset` and the
 predictions' `ValueDrift`, pipeline/drift.py) together with the decision's own figures,
 which Evidently cannot compute (the weighted share of drifted counted columns, the
-estimated and the measured quality). Those figures enter as metric values the UI can
-plot: `MeanValue` of a one-row table that holds them, merged into the report's snapshot.
+estimated and the measured quality, the fairness gap). Those figures enter as metric
+values the UI can plot: `MeanValue` of a one-row table that holds them, merged into the
+report's snapshot.
 
 The snapshot is stamped with the time of the window's newest row (its time column, sent
 with the request, else the time it was served), so that the dashboard's time axis is the
@@ -51,6 +52,13 @@ ESTIMATED = "estimated_quality"
 MEASURED = "measured_quality"
 TEST = "test_quality"
 ESTIMATED_TEST = "estimated_test_quality"  # the method's estimate on test: what it is compared with
+# The fairness check's lead metric (a breached one, else a bounded one, else the primary):
+# its largest gap between two groups, the interval's low end, the bound, the champion's
+# gap on test (pipeline/monitoring.py `fairness_check`).
+FAIRNESS_GAP = "fairness_gap"
+FAIRNESS_GAP_LOW = "fairness_gap_low"
+FAIRNESS_BOUND = "fairness_max_gap"
+FAIRNESS_TEST_GAP = "fairness_test_gap"
 
 _MEAN = "evidently:metric_v2:MeanValue"
 _DRIFTED_COUNT = "evidently:metric_v2:DriftedColumnsCount"
@@ -116,11 +124,22 @@ def decision_figures(record: dict[str, Any], drift_share: float) -> dict[str, fl
         MEASURED: quality.get("current"),
         TEST: quality.get("reference"),
         ESTIMATED_TEST: quality.get("estimated_reference"),
+        **_fairness_figures(record.get("fairness") or {}),
     }
     return {
         name: float(value)
         for name, value in figures.items()
         if isinstance(value, int | float) and math.isfinite(value)
+    }
+
+
+def _fairness_figures(fairness: dict[str, Any]) -> dict[str, Any]:
+    gap = (fairness.get("gaps") or {}).get(fairness.get("metric")) or {}
+    return {
+        FAIRNESS_GAP: gap.get("gap"),
+        FAIRNESS_GAP_LOW: gap.get("low"),
+        FAIRNESS_BOUND: gap.get("max_gap"),
+        FAIRNESS_TEST_GAP: (gap.get("test") or {}).get("gap"),
     }
 
 
@@ -239,6 +258,18 @@ def dashboard_panels() -> list[DashboardPanelPlot]:
             "The champion's primary metric (each snapshot's quality_metric): estimated "
             "from the predictions alone, measured once enough labels are in. An estimate "
             "is judged against the same method's estimate on test.",
+        ),
+        line_plot_panel(
+            "Fairness gap over time",
+            [
+                figure(FAIRNESS_GAP, "largest gap between two groups"),
+                figure(FAIRNESS_GAP_LOW, "its interval's low end"),
+                figure(FAIRNESS_BOUND, "evaluate.fairness.max_gap"),
+                figure(FAIRNESS_TEST_GAP, "the champion on test"),
+            ],
+            "On the labelled rows, per sensitive column (evaluate.fairness): a breached "
+            "metric, else a bounded one, else the primary. Beyond the bound when the low "
+            "end is above it; reported, never a retraining trigger.",
         ),
     ]
 

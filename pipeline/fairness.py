@@ -13,6 +13,9 @@ gate. The gate refuses a candidate only when a gap's whole interval lies above
 
 Groups with fewer than `min_group_rows` test rows are reported without intervals and
 left out of the gaps: on a few rows a metric is noise, and one would decide the gate.
+
+The monitor runs the same audit on a production window's labelled rows, scoring the
+predictions the champion served (pipeline/monitoring.py `window_audit`).
 """
 
 from __future__ import annotations

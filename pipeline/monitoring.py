@@ -14,6 +14,12 @@ into one decision with its numbers, its rule and its per-column table; the monit
 flow (flows/monitoring.py) records it whichever way it goes and, on drift, emits the
 event that starts a retraining.
 
+`fairness_check` runs evaluate's fairness audit (pipeline/fairness.py) on the labelled
+rows, scoring the predictions the champion served, and sets each gap beside the
+champion's on test (`champion_fairness`). A gap beyond `evaluate.fairness.max_gap` is
+reported and warned, never a retraining trigger: retraining on the same data does not
+remove a bias.
+
 `Window.fingerprint` names a window by the request ids in it, so that many alerts for
 the same window start one retraining.
 """
@@ -42,10 +48,12 @@ from pipeline.prediction_log import (
     join_labels,
     read_predictions,
 )
+from pipeline.scoring import Scored
 
 if TYPE_CHECKING:
-    from pipeline.config import MonitorConfig
+    from pipeline.config import FairnessConfig, MlflowConfig, MonitorConfig
     from pipeline.drift_rule import ModelDrift
+    from pipeline.fairness import FairnessAudit
     from pipeline.quality_estimate import QualityEstimator
     from pipeline.served_champion import MonitoredChampion
     from pipeline.summaries import Summary
@@ -246,28 +254,60 @@ def _estimated(
 
 def window_metrics(labelled: pd.DataFrame, task: str, classes: list[Any]) -> dict[str, float]:
     """The task's metrics for logged predictions against their late labels."""
+    served = served_scores(labelled, task, classes)
+    return served.scored.metrics if len(served.rows) else {}
+
+
+@dataclass(frozen=True)
+class ServedScores:
+    """What the champion served on labelled rows, as `pipeline.scoring.Scored` holds a
+    model's outputs: the logged predictions (and, for a classifier, the logged
+    probabilities and the logged class, so the threshold is the one it served with)
+    against the late labels. `rows` are the labelled rows they belong to, in order: a row
+    whose label or prediction is not one of `classes`, or that has no probabilities or no
+    finite value, is left out."""
+
+    scored: Scored
+    rows: pd.DataFrame
+
+
+def served_scores(labelled: pd.DataFrame, task: str, classes: list[Any]) -> ServedScores:
+    """The logged predictions of `labelled` (rows of a window with a label) scored against
+    their labels: what quality_check measures and the production fairness audit groups."""
     if task == "regression":
         actual = pd.to_numeric(labelled[LABEL], errors="coerce").to_numpy(dtype=np.float64)
         predicted = labelled["prediction_value"].to_numpy(dtype=np.float64)
         keep = np.isfinite(actual) & np.isfinite(predicted)
-        if not keep.any():
-            return {}
-        return regression_metrics(actual[keep], predicted[keep])
+        actual, predicted = actual[keep], predicted[keep]
+        metrics = regression_metrics(actual, predicted) if keep.any() else {}
+        return ServedScores(Scored(metrics, predicted, predicted, actual), labelled[keep])
     texts = [category_value(label) for label in classes]
     code = {text: position for position, text in enumerate(texts)}
-    rows = [
-        (code[category_value(label)], code[category_value(predicted)], json.loads(probs))
-        for label, predicted, probs in zip(
-            labelled[LABEL], labelled["prediction"], labelled["probabilities"], strict=True
-        )
-        if category_value(label) in code and category_value(predicted) in code and probs
-    ]
-    if not rows:
-        return {}
-    actual_codes = np.array([row[0] for row in rows])
-    predicted_codes = np.array([row[1] for row in rows])
-    probabilities = np.array([[row[2][str(c)] for c in texts] for row in rows], dtype=float)
-    return classification_metrics(actual_codes, probabilities, predicted_codes, task)
+    kept, rows = [], []
+    for position, (label, predicted, probs) in enumerate(
+        zip(labelled[LABEL], labelled["prediction"], labelled["probabilities"], strict=True)
+    ):
+        if category_value(label) in code and category_value(predicted) in code and probs:
+            kept.append(position)
+            rows.append((code[category_value(label)], code[category_value(predicted)], probs))
+    actual_codes = np.array([row[0] for row in rows], dtype=np.int64)
+    predicted_codes = np.array([row[1] for row in rows], dtype=np.int64)
+    probabilities = np.array(
+        [[json.loads(row[2])[str(c)] for c in texts] for row in rows], dtype=float
+    ).reshape(len(rows), len(texts))
+    metrics = (
+        classification_metrics(actual_codes, probabilities, predicted_codes, task) if rows else {}
+    )
+    names = np.asarray(classes, dtype=object)
+    scored = Scored(
+        metrics,
+        probabilities,
+        names[predicted_codes],
+        names[actual_codes],
+        actual_codes,
+        predicted_codes,
+    )
+    return ServedScores(scored, labelled.iloc[kept])
 
 
 def window_predictions(window: Window, task: str) -> pd.Series:
@@ -433,6 +473,228 @@ def decide(drift: ModelDrift, quality: QualityCheck, config: MonitorConfig) -> D
         reference=drift.reference,
         quality=quality.to_dict(),
     )
+
+
+# evaluate logs its fairness audit (reports/fairness.json) here, in the run that made the
+# model, which is the run a registered version points at.
+FAIRNESS_ARTIFACT = "evaluation/fairness.json"
+FAIRNESS_RULE = (
+    "a gap exceeds evaluate.fairness.max_gap when its whole bootstrap interval lies above "
+    "the bound (the gate's rule); a breach is reported and warned, never a retraining "
+    "trigger: retraining on the same data does not remove a bias"
+)
+
+
+@dataclass(frozen=True)
+class ChampionFairness:
+    """The champion's largest gap per metric on test (`gaps` of evaluate's
+    reports/fairness.json), and where it was read (`source`)."""
+
+    gaps: dict[str, dict[str, Any]]
+    source: str
+
+
+def champion_fairness(
+    config: MlflowConfig, version: str, fallback: Path
+) -> ChampionFairness | None:
+    """The fairness audit evaluate made of champion `version` on test: read from the run
+    the version was registered from (evaluate logs it there as FAIRNESS_ARTIFACT), which
+    any host reaches through the MLflow server, as it reaches the quality estimator
+    registered with the version; else from `fallback`, this checkout's
+    reports/fairness.json (the last candidate evaluated here: the champion's only if it
+    was that candidate). None when neither can be read."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = mlflow.MlflowClient().get_model_version(config.registered_model, version)
+        report = mlflow.artifacts.load_dict(f"runs:/{found.run_id}/{FAIRNESS_ARTIFACT}")
+        source = f"registered version {version}'s run ({FAIRNESS_ARTIFACT})"
+    except (MlflowException, OSError, ValueError) as exc:
+        logger.info("champion v%s's fairness audit is not in its run: %s", version, exc)
+        try:
+            report = json.loads(fallback.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        source = (
+            f"{fallback} (this checkout's last evaluate: the champion's only if it was "
+            "the last candidate evaluated here)"
+        )
+    gaps = report.get("gaps") if isinstance(report, dict) else None
+    return ChampionFairness(dict(gaps or {}), source)
+
+
+@dataclass(frozen=True)
+class FairnessCheck:
+    """The fairness audit of the window's labelled rows (`window_audit`: the served
+    predictions, per group of each sensitive column) beside the champion's on test. Not
+    `audited`: `reason` says in one line why there is no figure. Else `report` has the
+    shape of reports/fairness.json (groups, and the largest gap per metric with its
+    interval, each with `test`: the champion's gap of that metric on test, or None),
+    `exceeded` names the metrics whose gap lies beyond evaluate.fairness.max_gap beyond
+    the noise, `metric` is the one `reason` and the dashboard lead with (a breached one,
+    else a bounded one, else the primary)."""
+
+    audited: bool
+    reason: str
+    labelled: int
+    metric: str | None = None
+    exceeded: list[str] = field(default_factory=list)
+    missing_columns: list[str] = field(default_factory=list)
+    champion_source: str | None = None
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        fields = {key: value for key, value in asdict(self).items() if key != "report"}
+        return {**fields, "rule": FAIRNESS_RULE, **self.report}
+
+
+@dataclass(frozen=True)
+class WindowAudit:
+    """The audit of a production window's labelled rows (`window_audit`): `audit` over the
+    sensitive columns the prediction log holds (None when it holds none of them),
+    `missing` the columns it lacks, `rows` the labelled rows scored."""
+
+    audit: FairnessAudit | None
+    missing: list[str]
+    rows: int
+
+
+def window_audit(
+    labelled: pd.DataFrame, task: str, classes: list[Any], config: FairnessConfig, seed: int
+) -> WindowAudit:
+    """The per-group metrics and gaps of what the champion served on `labelled` (a
+    window's rows with a label: features as logged, `prediction`, `prediction_value`,
+    `probabilities`, `label`), in the shape of `audit`'s: the served predictions and
+    probabilities are scored as the monitor's quality check scores them
+    (`pipeline.monitoring.served_scores`), never re-predicted, so the threshold is the
+    one the champion served with. A sensitive column is read from the model inputs the
+    log holds, else from the key or time columns sent as context; one it holds in neither
+    is named in `missing` and left out."""
+    from pipeline.fairness import audit
+
+    served = served_scores(labelled, task, classes)
+    rows = served.rows
+    found: dict[str, pd.Series] = {}
+    for column in config.sensitive_columns:
+        for name in (column, CONTEXT_PREFIX + column):
+            if name in rows.columns:
+                found[column] = rows[name].reset_index(drop=True)
+                break
+    missing = [column for column in config.sensitive_columns if column not in found]
+    if not found:
+        return WindowAudit(None, missing, len(rows))
+    present = config.model_copy(
+        update={
+            "sensitive_columns": list(found),
+            "bands": {name: edges for name, edges in config.bands.items() if name in found},
+        }
+    )
+    grouped = pd.DataFrame(found, index=pd.RangeIndex(len(rows)))
+    return WindowAudit(audit(served.scored, grouped, task, present, seed), missing, len(rows))
+
+
+def fairness_check(
+    window: Window,
+    task: str,
+    classes: list[Any],
+    config: FairnessConfig,
+    min_labelled: int,
+    seed: int,
+    primary: str,
+    champion: ChampionFairness | None = None,
+) -> FairnessCheck:
+    """The evaluate stage's fairness audit on the window's labelled rows, once there are
+    `min_labelled` (`monitor.min_labelled_rows`) of them and `config`
+    (`evaluate.fairness`) names sensitive columns; each gap beside the champion's on test
+    (`champion`, see `champion_fairness`)."""
+    labelled = window.frame[window.frame[LABEL].notna()]
+    count = len(labelled)
+    if not config.enabled:
+        why = "evaluate.fairness.sensitive_columns is empty: no fairness audit"
+        return FairnessCheck(False, why, count)
+    if count < min_labelled:
+        why = (
+            f"no fairness figure: {count} labelled rows, fewer than "
+            f"monitor.min_labelled_rows ({min_labelled})"
+        )
+        return FairnessCheck(False, why, count)
+    try:
+        found = window_audit(labelled, task, classes, config, seed)
+    except DataError as exc:
+        return FairnessCheck(False, f"no fairness figure: {exc}", count)
+    not_logged = ""
+    if found.missing:
+        not_logged = (
+            f"evaluate.fairness.sensitive_columns: {', '.join(found.missing)} not in the "
+            "prediction log (neither a model input nor a key or time column sent with "
+            "the requests)"
+        )
+    if found.audit is None:
+        return FairnessCheck(
+            False, f"no fairness figure: {not_logged}", count, missing_columns=found.missing
+        )
+    result = found.audit
+    report = result.to_dict()
+    on_test = champion.gaps if champion is not None else {}
+    for name, gap in report["gaps"].items():
+        gap["test"] = _test_gap(on_test.get(name))
+    unknown = "not audited" if champion is not None else "no audit found"
+    exceeded = [name for name, gap in result.gaps.items() if gap.exceeds]
+    bounded = [name for name, gap in result.gaps.items() if gap.max_gap is not None]
+    leading = [*exceeded, *bounded, primary, *result.gaps]
+    metric = next((name for name in leading if name in result.gaps), None)
+    if metric is None:
+        reason = (
+            f"no fairness gap: no two groups of {', '.join(result.groups)} hold "
+            f"evaluate.fairness.min_group_rows ({config.min_group_rows}) of the "
+            f"{found.rows} labelled rows"
+        )
+    elif exceeded:
+        lines = [
+            f"{line} (the champion on test: {_test_text(report['gaps'][name]['test'], unknown)})"
+            for name, line in zip(exceeded, result.failures(), strict=True)
+        ]
+        reason = (
+            f"fairness gap beyond its bound on {found.rows} labelled rows: {'; '.join(lines)}; "
+            "reported, not a retraining trigger"
+        )
+    else:
+        within = "within evaluate.fairness.max_gap" if bounded else "reported (no bound)"
+        reason = (
+            f"fairness gaps {within} on {found.rows} labelled rows: "
+            f"{result.gaps[metric].describe()} (the champion on test: "
+            f"{_test_text(report['gaps'][metric]['test'], unknown)})"
+        )
+    if not_logged:
+        reason += f"; not audited: {not_logged}"
+    return FairnessCheck(
+        True,
+        reason,
+        count,
+        metric=metric,
+        exceeded=exceeded,
+        missing_columns=found.missing,
+        champion_source=champion.source if champion is not None else None,
+        report=report,
+    )
+
+
+def _test_gap(gap: Any) -> dict[str, Any] | None:
+    """The champion's gap of one metric on test, as evaluate recorded it."""
+    if not isinstance(gap, dict) or gap.get("gap") is None:
+        return None
+    keys = ("gap", "low", "high", "column", "highest_group", "lowest_group", "exceeds")
+    return {key: gap.get(key) for key in keys}
+
+
+def _test_text(gap: dict[str, Any] | None, unknown: str) -> str:
+    if gap is None:
+        return unknown
+    interval = ""
+    if gap.get("low") is not None and gap.get("high") is not None:
+        interval = f", interval {gap['low']:.3g}..{gap['high']:.3g}"
+    return f"{gap['gap']:.3g}{interval}, {gap.get('column')}"
 
 
 def production_batch(

@@ -196,8 +196,15 @@ def new_project(root: Path) -> Project:
 
 def copy_project(template: Project, root: Path) -> Project:
     """A copy of `template` at `root` that shares nothing with it: the MLflow store's
-    absolute paths (artifact locations, model sources) are rewritten to the copy's."""
+    absolute paths (artifact locations, model sources) are rewritten to the copy's.
+
+    MLflow keeps each run's artifact store by run id for the whole process, and a copy's
+    runs have the template's ids: that cache is emptied, or an artifact logged to a
+    copy's run would land in a template another test copies next."""
+    from mlflow.tracking._tracking_service import utils
+
     shutil.copytree(template.root, root, symlinks=True)
+    utils._artifact_repos_cache.clear()
     store = root / "mlflow.db"
     if store.exists():
         _rewrite_paths(store, str(template.root), str(root))
