@@ -21,6 +21,10 @@ repository during a long run do not reach it (the header names the commit copied
 ingest, validate, clean and split, then train and tune, timed together on the wall
 clock, then evaluate, whose `reports/evaluation.json` holds the test metrics of the
 tuned model, the untuned model and the baseline. `--trials` overrides tune.n_trials.
+`--families` (comma-separated: xgboost, sklearn, torch, ensemble) runs each case once
+per family, set by train.model with the family's params as the params file has them,
+so the table lists the families beside each other and beside FLAML (default: the
+params' own family).
 
 FLAML then gets that wall time as its `time_budget`, on the same split files: the
 same train rows, and holdout evaluation on the same val rows (`X_val`, `y_val`). Its
@@ -86,6 +90,8 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_STAGES = ("ingest", "validate", "clean", "split")
+# What --families takes: train.model's values.
+FAMILIES = ("xgboost", "sklearn", "torch", "ensemble")
 SPLITS = ("train", "val", "test")
 # What Driftline's trials minimise on val, by task, in FLAML's names.
 FLAML_METRIC = {"regression": "rmse", "binary": "log_loss", "multiclass": "log_loss"}
@@ -147,6 +153,7 @@ class CaseResult:
     """One case's figures: Driftline's test metrics from evaluate, FLAML's, the budget."""
 
     name: str
+    family: str
     task: str
     primary_metric: str
     rows: dict[str, int]
@@ -188,6 +195,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=REPO.parent / "shared" / "data",
         help="the folder holding elec2/ and bank_marketing/ (default: ../shared/data)",
     )
+    parser.add_argument(
+        "--families",
+        default=None,
+        help="comma-separated train.model values, each case run once per family, of "
+        f"{', '.join(FAMILIES)} (default: each params file's own)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary projects")
     args = parser.parse_args(argv)
@@ -197,6 +210,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         wrong = ", ".join(unknown) or "(none)"
         parser.error(f"--cases: unknown {wrong}; one of {', '.join(CASES)}")
     args.cases = names
+    if args.families is not None:
+        families = [name.strip() for name in args.families.split(",") if name.strip()]
+        wrong = [name for name in families if name not in FAMILIES]
+        if wrong or not families:
+            shown = ", ".join(wrong) or "(none)"
+            parser.error(f"--families: unknown {shown}; one of {', '.join(FAMILIES)}")
+        args.families = list(dict.fromkeys(families))
     if args.trials is not None and args.trials < 1:
         parser.error("--trials must be at least 1")
     args.data_dir = args.data_dir.resolve()
@@ -213,12 +233,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def make_project(root: Path, case: Case, args: argparse.Namespace) -> Path:
+def make_project(
+    root: Path, case: Case, args: argparse.Namespace, family: str | None = None
+) -> Path:
     """A folder holding the case's params.yaml: its source an absolute path, MLflow and
-    the Optuna study in SQLite files inside the folder, tune.n_trials from --trials."""
-    project = Path(tempfile.mkdtemp(prefix=f"{case.name}-", dir=root))
+    the Optuna study in SQLite files inside the folder, tune.n_trials from --trials,
+    train.model `family` (None: the params')."""
+    project = Path(tempfile.mkdtemp(prefix=f"{case.name}-{family or 'params'}-", dir=root))
     params = yaml.safe_load((REPO / case.params).read_text())
     params["data"].update(case.data)
+    if family is not None:
+        params["train"]["model"] = family
     if case.source:
         params["data"]["source"] = str(args.data_dir / case.source)
     params["mlflow"]["tracking_uri"] = f"sqlite:///{project / 'mlflow.db'}"
@@ -411,12 +436,14 @@ def plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def run_case(case: Case, root: Path, code: Path, args: argparse.Namespace) -> CaseResult:
+def run_case(
+    case: Case, root: Path, code: Path, args: argparse.Namespace, family: str | None = None
+) -> CaseResult:
     """The data stages, then train + tune timed, evaluate, and FLAML at that budget."""
     from pipeline.schema import DatasetSpec
 
     load_at_start = os.getloadavg()[0]
-    project = make_project(root, case, args)
+    project = make_project(root, case, args, family)
     env = child_env(project, code)
     spent = {}
     for stage in (*DATA_STAGES, "train", "tune", "evaluate"):
@@ -435,6 +462,7 @@ def run_case(case: Case, root: Path, code: Path, args: argparse.Namespace) -> Ca
     baseline = dict(evaluation["baseline"])
     return CaseResult(
         name=case.name,
+        family=params["train"]["model"],
         task=spec.task,
         primary_metric=evaluation["primary_metric"],
         rows={part: len(frame) for part, frame in split.items()},
@@ -487,8 +515,8 @@ def cell(value: float | None, width: int, digits: str = ".4g") -> str:
 def print_table(results: list[CaseResult]) -> None:
     """One line per case and metric."""
     header = (
-        f"{'case':<9} {'metric':<8} {'baseline':>9} {'untuned':>9} {'tuned':>9} {'FLAML':>9}"
-        f" {'ratio':>6}  {'rows train/val/test':<21} {'budget s':>8} {'FLAML s':>8}"
+        f"{'case':<9} {'family':<8} {'metric':<8} {'baseline':>9} {'untuned':>9} {'tuned':>9}"
+        f" {'FLAML':>9} {'ratio':>6}  {'rows train/val/test':<21} {'budget s':>8} {'FLAML s':>8}"
     )
     print(header)
     print("-" * len(header))
@@ -496,7 +524,8 @@ def print_table(results: list[CaseResult]) -> None:
         rows = "/".join(f"{result.rows[part]:,}" for part in SPLITS)
         for metric in shown_metrics(result):
             print(
-                f"{result.name:<9} {metric:<8} {cell(result.baseline.get(metric), 9)}"
+                f"{result.name:<9} {result.family:<8} {metric:<8}"
+                f" {cell(result.baseline.get(metric), 9)}"
                 f" {cell(result.untuned.get(metric), 9)} {cell(result.tuned.get(metric), 9)}"
                 f" {cell(result.flaml.metrics.get(metric), 9)}"
                 f" {cell(ratios(result)[metric], 6, '.3f')}"
@@ -512,7 +541,7 @@ def print_notes(results: list[CaseResult]) -> None:
         flaml = result.flaml
         trials = f"{flaml.trials} configs" if flaml.trials is not None else "configs unknown"
         print(
-            f"{result.name}: Driftline train {result.train.wall:.1f} s + tune "
+            f"{result.name} ({result.family}): Driftline train {result.train.wall:.1f} s + tune "
             f"{result.tune.wall:.1f} s ({result.trials} trials, {result.pruned} pruned), "
             f"CPU {result.train.cpu + result.tune.cpu:.1f} s; FLAML search "
             f"{flaml.search.wall:.1f} s ({trials}, best {flaml.estimator}) + refit "
@@ -565,6 +594,8 @@ def describe(args: argparse.Namespace, load: float, started: datetime, code: str
         f"tune.n_trials: {trials}; budget = wall time of Driftline's train + tune stages, "
         "FLAML's time_budget"
     )
+    if args.families:
+        print(f"families (train.model): {', '.join(args.families)}, each case once per family")
     print(
         "ratio: Driftline tuned / FLAML for scores, FLAML / Driftline tuned for errors: "
         ">= 1.000 means Driftline at least matches FLAML"
@@ -591,6 +622,7 @@ def write_json(
         "versions": versions(),
         "driftline": code,
         "trials": args.trials,
+        "families": args.families,
         "cases": [
             {
                 **asdict(result),
@@ -616,14 +648,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         code = snapshot_code(root)
         sys.path.insert(0, str(code))  # this process scores with the same copy
-        for name in args.cases:
+        runs = [(name, family) for name in args.cases for family in args.families or [None]]
+        for name, family in runs:
+            label = name if family is None else f"{name} ({family})"
             try:
-                results.append(run_case(CASES[name], root, code, args))
+                results.append(run_case(CASES[name], root, code, args, family))
             except Exception as exc:  # one case failing must not lose the others' figures
                 if not isinstance(exc, CaseFailed):
                     traceback.print_exc()
-                failed[name] = str(exc) or type(exc).__name__
-                progress(f"{name}: failed: {failed[name]}")
+                failed[label] = str(exc) or type(exc).__name__
+                progress(f"{label}: failed: {failed[label]}")
         describe(args, load, started, commit)
         print_table(results)
         print_notes(results)

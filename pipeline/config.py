@@ -287,7 +287,9 @@ class SplitConfig(Section):
 
 # --- train --------------------------------------------------------------------------------
 
-Family = Literal["xgboost", "sklearn", "torch"]
+Family = Literal["xgboost", "sklearn", "torch", "ensemble"]
+# The families an ensemble combines (every family but the ensemble itself).
+MEMBER_FAMILIES = ("xgboost", "sklearn", "torch")
 Device = Literal["auto", "cpu", "cuda"]
 
 
@@ -344,6 +346,38 @@ class TorchConfig(Section):
         return self
 
 
+class EnsembleConfig(Section):
+    """Several families combined on their out-of-fold predictions
+    (`pipeline/models/ensemble_model.py`). Each member takes its params from its own
+    section (`train.xgboost`, `train.sklearn`, `train.torch`)."""
+
+    members: list[str] = Field(default_factory=lambda: ["xgboost", "torch"])
+    # blend: non-negative weights summing to 1 that minimise the out-of-fold loss;
+    # stack: ridge on member predictions (regression), logistic regression on member
+    # log-probabilities (classes).
+    method: Literal["blend", "stack"] = "blend"
+    folds: int = Field(default=3, ge=2, le=10, description="out-of-fold folds")
+    # auto: expanding-window folds in time order when the split is time-ordered (the
+    # train and tune stages decide), else seeded shuffled (stratified) k-fold.
+    order: Literal["auto", "time", "shuffled"] = "auto"
+    stack_alpha: float = Field(default=1.0, gt=0, description="stack: L2 strength")
+
+    @model_validator(mode="after")
+    def _known_members(self) -> EnsembleConfig:
+        for member in self.members:
+            if member == "ensemble":
+                raise ValueError("members: an ensemble cannot be a member of itself")
+            if member not in MEMBER_FAMILIES:
+                raise ValueError(
+                    f"members: unknown family {member!r} (use {', '.join(MEMBER_FAMILIES)})"
+                )
+        if len(set(self.members)) != len(self.members):
+            raise ValueError(f"members: a family is listed twice ({self.members})")
+        if len(self.members) < 2:
+            raise ValueError(f"members: needs at least two families, got {self.members}")
+        return self
+
+
 FAMILY_CONFIGS: dict[str, type[Section]] = {
     "xgboost": XGBoostConfig,
     "sklearn": SklearnConfig,
@@ -397,12 +431,37 @@ class TrainConfig(Section):
     xgboost: XGBoostConfig = Field(default_factory=XGBoostConfig)
     sklearn: SklearnConfig = Field(default_factory=SklearnConfig)
     torch: TorchConfig = Field(default_factory=TorchConfig)
+    ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
 
-    def family_config(self) -> XGBoostConfig | SklearnConfig | TorchConfig:
+    def family_config(self) -> XGBoostConfig | SklearnConfig | TorchConfig | EnsembleConfig:
         return getattr(self, self.model)
 
+    def family_params(self) -> dict[str, Any]:
+        """The family's section as a dict; an ensemble's holds each member's section
+        under the member's name, so a model's params say everything it was fitted with."""
+        params = self.family_config().model_dump(mode="json")
+        if self.model == "ensemble":
+            for member in self.ensemble.members:
+                params[member] = getattr(self, member).model_dump(mode="json")
+        return params
+
+    def with_time_order(self, time_ordered: bool) -> TrainConfig:
+        """`ensemble.order: auto` resolved by the split (`Params.time_ordered`)."""
+        if self.model != "ensemble" or self.ensemble.order != "auto":
+            return self
+        order = "time" if time_ordered else "shuffled"
+        return self.model_copy(
+            update={"ensemble": self.ensemble.model_copy(update={"order": order})}
+        )
+
     def objectives(self) -> tuple[str, ...]:
-        """The objectives the configured family (and sklearn estimator) can fit."""
+        """The objectives the configured family (and sklearn estimator) can fit; for an
+        ensemble, those every member can fit."""
+        if self.model == "ensemble":
+            each = [
+                self.model_copy(update={"model": m}).objectives() for m in self.ensemble.members
+            ]
+            return tuple(name for name in each[0] if all(name in other for other in each))
         if self.model == "sklearn":
             return FAMILY_OBJECTIVES[f"sklearn.{self.sklearn.estimator}"]
         return FAMILY_OBJECTIVES[self.model]
@@ -415,6 +474,8 @@ class TrainConfig(Section):
             family = self.model + (
                 f" ({self.sklearn.estimator})" if self.model == "sklearn" else ""
             )
+            if self.model == "ensemble":
+                family = f"every ensemble member ({', '.join(self.ensemble.members)})"
             raise ValueError(
                 f"objective: {self.objective} is not available for {family}: "
                 f"use one of auto, {', '.join(self.objectives())}"
@@ -423,8 +484,8 @@ class TrainConfig(Section):
 
     def recorded(self) -> dict[str, Any]:
         """The params a run records: the general ones and the chosen family's."""
-        general = self.model_dump(mode="json", exclude={"xgboost", "sklearn", "torch"})
-        return {**general, self.model: self.family_config().model_dump(mode="json")}
+        general = self.model_dump(mode="json", exclude={"xgboost", "sklearn", "torch", "ensemble"})
+        return {**general, self.model: self.family_params()}
 
 
 # --- tune ---------------------------------------------------------------------------------
@@ -478,6 +539,11 @@ class TuneConfig(Section):
         if self.cv_folds == 1:
             raise ValueError("cv_folds must be 0 (off) or at least 2")
         for family, space in self.search_space.items():
+            if family == "ensemble":
+                raise ValueError(
+                    "search_space.ensemble: an ensemble searches its members' spaces: "
+                    "put them under search_space.<member> (xgboost, sklearn, torch)"
+                )
             model = FAMILY_CONFIGS[family]
             for key, search in space.items():
                 where = f"search_space.{family}.{key}"
@@ -500,7 +566,10 @@ class TuneConfig(Section):
 
 
 def is_integer_param(family: Family, key: str) -> bool:
-    """Whether a family parameter is a whole number (searched with suggest_int)."""
+    """Whether a family parameter is a whole number (searched with suggest_int); an
+    ensemble's keys name the member first (`xgboost.max_depth`)."""
+    if family == "ensemble":
+        family, key = key.split(".", 1)  # type: ignore[assignment]
     annotation = FAMILY_CONFIGS[family].model_fields[key].annotation
     return annotation is int or annotation == (int | None)
 
@@ -597,6 +666,32 @@ class EvaluateConfig(Section):
 # --- compress -----------------------------------------------------------------------------
 
 
+class DistillConfig(Section):
+    """A small student fitted on the tuned model's outputs over train + val
+    (`pipeline.distill`), served in its place only when it scores within
+    `compress.max_metric_drop` of it and its ONNX file is smaller than the teacher's.
+    Off by default: it costs a fit at every compress, and at the default tolerance a
+    shallow student rarely keeps the teacher's score."""
+
+    student: Literal["none", "xgboost", "mlp"] = "none"
+    # The student fits on at most this many train + val rows (a sample seeded by
+    # train.seed), so that compress stays quick on millions of rows.
+    max_rows: int = Field(default=200_000, ge=100)
+    # xgboost student: a fixed number of shallow rounds (no early stopping).
+    max_depth: int = Field(default=4, ge=1, le=12)
+    n_estimators: int = Field(default=100, ge=1, description="boosting rounds")
+    learning_rate: float = Field(default=0.1, gt=0, le=1)
+    # mlp student: a fixed number of epochs of a small network.
+    hidden_sizes: list[int] = Field(default_factory=lambda: [32], min_length=1)
+    epochs: int = Field(default=20, ge=1)
+
+    @model_validator(mode="after")
+    def _positive_widths(self) -> DistillConfig:
+        if any(size < 1 for size in self.hidden_sizes):
+            raise ValueError(f"hidden_sizes must be positive, got {self.hidden_sizes}")
+        return self
+
+
 class CompressConfig(Section):
     # Dynamic int8 (tried for torch and linear models). auto: keep it where it scores
     # within max_metric_drop and its file is at most half the float one (mostly matrix
@@ -609,6 +704,8 @@ class CompressConfig(Section):
     # Timed for reports/compression_latency.json, a record that decides nothing.
     latency_rows: int = Field(default=10_000, ge=1, description="the batch for batch latency")
     latency_calls: int = Field(default=200, ge=10, description="single-row calls timed")
+    # A distilled student beside the export (`student: none` turns it off).
+    distill: DistillConfig = Field(default_factory=DistillConfig)
 
 
 # --- deploy -------------------------------------------------------------------------------
@@ -756,7 +853,10 @@ class Params(Section):
                 "tune.cv_folds: time-ordered data is scored on rolling-origin folds over the "
                 "val period (train.selection_folds); set cv_folds to 0"
             )
-        if self.train.model == "torch" and self.tune.n_jobs > 1:
+        uses_torch = self.train.model == "torch" or (
+            self.train.model == "ensemble" and "torch" in self.train.ensemble.members
+        )
+        if uses_torch and self.tune.n_jobs > 1:
             # Threads would share torch's global RNG and thread count between trials.
             raise ValueError(
                 "tune.n_jobs > 1 runs trials in threads, which torch cannot share: keep it "

@@ -40,6 +40,10 @@ class Provenance:
             git_dirty=tags.get("driftline.git_dirty", ""),
         )
 
+    def of_data(self) -> Provenance:
+        """The data version alone: what a card that is itself versioned may say."""
+        return Provenance(data_version=self.data_version)
+
 
 @dataclass(frozen=True)
 class CardInputs:

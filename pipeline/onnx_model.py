@@ -3,7 +3,8 @@
 `export_onnx` turns any family into one ONNX graph with a dynamic batch dimension:
 xgboost through onnxmltools (input: `FeatureSpec.encoded_matrix`), scikit-learn through
 skl2onnx with the whole Pipeline inside the graph (one input per column), torch through
-`torch.onnx.export` of the learner's `ScoringModule` (inputs `numeric` and `codes`).
+`torch.onnx.export` of the learner's `ScoringModule` (inputs `numeric` and `codes`), and
+an ensemble as its members' graphs side by side in one graph (`_export_ensemble`).
 Every graph returns what `TabularModel.predict_raw` returns: regression values, or class
 probabilities in `classes` order. What the model adds after its learner (expm1 for a
 log1p target, the probability calibrator) is appended to the graph as plain ONNX ops.
@@ -51,7 +52,12 @@ class QuantizationUnsupported(RuntimeError):
 
 def export_onnx(model: TabularModel) -> bytes:
     """The model as serialised ONNX ModelProto bytes, with a dynamic batch dimension."""
-    exporters = {"xgboost": _export_xgboost, "sklearn": _export_sklearn, "torch": _export_torch}
+    exporters = {
+        "xgboost": _export_xgboost,
+        "sklearn": _export_sklearn,
+        "torch": _export_torch,
+        "ensemble": _export_ensemble,
+    }
     if model.family not in exporters:
         raise OnnxExportError(f"no ONNX export for the {model.family!r} family")
     return _with_finish(exporters[model.family](model), model)
@@ -238,6 +244,189 @@ def _export_torch(model: TabularModel) -> bytes:
         return path.read_bytes()
 
 
+# The ensemble graph's inputs, shared by its members: xgboost's encoded matrix, torch's
+# numeric and codes, and scikit-learn's one input per column (by position in
+# `FeatureSpec.columns`), renamed so that no column name can clash with another input.
+ENSEMBLE_ENCODED, ENSEMBLE_NUMERIC, ENSEMBLE_CODES = (
+    "ensemble_encoded",
+    "ensemble_numeric",
+    "ensemble_codes",
+)
+ENSEMBLE_COLUMN = "ensemble_column_{}"
+
+
+def _ensemble_input(family: str, name: str, position: int) -> str:
+    if family == "xgboost":
+        return ENSEMBLE_ENCODED
+    if family == "torch":
+        return {"numeric": ENSEMBLE_NUMERIC, "codes": ENSEMBLE_CODES}[name]
+    return ENSEMBLE_COLUMN.format(position)
+
+
+def _export_ensemble(model: TabularModel) -> bytes:
+    """One graph: each member's raw graph (before the finish) under a prefix of its
+    family, its inputs renamed to the shared ones, then the combiner as plain ops (blend:
+    Mul and Add; stack: MatMul, Add and Sigmoid or Softmax). The default domain's opset
+    is the members' highest (lower ones go through onnx's version converter); other
+    domains and the IR version take the highest any member declares."""
+    import dataclasses
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from pipeline.models.ensemble_model import EPSILON
+
+    learner = model.learner
+    exporters = {"xgboost": _export_xgboost, "sklearn": _export_sklearn, "torch": _export_torch}
+    graphs = []
+    for family in learner.member_names:  # type: ignore[attr-defined]
+        member = dataclasses.replace(
+            model,
+            family=family,
+            learner=learner.members[family],  # type: ignore[attr-defined]
+            objective=None,
+            calibrator=None,
+        )
+        graphs.append((family, onnx.load_from_string(exporters[family](member))))
+    opsets: dict[str, int] = {}
+    for _, graph_model in graphs:
+        for entry in graph_model.opset_import:
+            domain = "" if entry.domain == "ai.onnx" else entry.domain
+            opsets[domain] = max(opsets.get(domain, 0), entry.version)
+    opsets[""] = max(opsets.get("", 0), TORCH_OPSET if "torch" in dict(graphs) else 13)
+
+    nodes: list[Any] = []
+    initializers: list[Any] = []
+    inputs: dict[str, Any] = {}
+    columns: list[str] = []  # each member's output, as [n, 1] or [n, k]
+    width = 1 if model.task == "regression" else len(model.classes)
+    constants = [0]
+
+    def constant(values: Any, stem: str, dtype: Any = np.float32) -> str:
+        constants[0] += 1
+        tensor = numpy_helper.from_array(
+            np.asarray(values, dtype=dtype), f"ensemble_{stem}_{constants[0]}"
+        )
+        initializers.append(tensor)
+        return tensor.name
+
+    def op(kind: str, sources: list[str], stem: str, **attributes: Any) -> str:
+        constants[0] += 1
+        out = f"ensemble_{stem}_{constants[0]}"
+        nodes.append(helper.make_node(kind, sources, [out], **attributes))
+        return out
+
+    for family, graph_model in graphs:
+        graph_model = _at_default_opset(graph_model, opsets[""])
+        prefix = f"{family}_"
+        original = [entry.name for entry in graph_model.graph.input]
+        graph_model = onnx.compose.add_prefix(graph_model, prefix)
+        graph = graph_model.graph
+        renames = {}
+        for position, entry in enumerate(graph.input):
+            shared = _ensemble_input(family, original[position], position)
+            renames[entry.name] = shared
+            if shared not in inputs:
+                declared = onnx.ValueInfoProto()
+                declared.CopyFrom(entry)
+                declared.name = shared
+                inputs[shared] = declared
+        for node in graph.node:
+            node.input[:] = [renames.get(name, name) for name in node.input]
+        nodes.extend(graph.node)
+        initializers.extend(graph.initializer)
+        shape = constant([-1, width], "shape", np.int64)
+        columns.append(op("Reshape", [graph.output[0].name, shape], f"{family}_column"))
+
+    combiner = learner.combiner  # type: ignore[attr-defined]
+    if combiner.method == "blend":
+        weighted = [
+            op("Mul", [column, constant(weight, "weight")], "weighted")
+            for column, weight in zip(columns, combiner.weights, strict=True)
+        ]
+        result = weighted[0]
+        for term in weighted[1:]:
+            result = op("Add", [result, term], "sum")
+    else:
+        if model.task == "regression":
+            stacked = op("Concat", columns, "inputs", axis=1)
+        else:
+            low, high = constant(EPSILON, "low"), constant(1.0, "high")
+            logs = [
+                op("Log", [op("Min", [op("Max", [c, low], "max"), high], "clip")], "log")
+                for c in columns
+            ]
+            if model.task == "binary":
+                first, second = constant([0], "first", np.int64), constant([1], "second", np.int64)
+                logs = [
+                    op(
+                        "Sub",
+                        [
+                            op("Gather", [log, second], "log_positive", axis=1),
+                            op("Gather", [log, first], "log_negative", axis=1),
+                        ],
+                        "log_odds",
+                    )
+                    for log in logs
+                ]
+            stacked = op("Concat", logs, "inputs", axis=1)
+        linear = op(
+            "Add",
+            [
+                op("MatMul", [stacked, constant(combiner.coef, "coef")], "product"),
+                constant(combiner.intercept, "intercept"),
+            ],
+            "linear",
+        )
+        if model.task == "regression":
+            result = linear
+        elif model.task == "binary":
+            positive = op("Sigmoid", [linear], "positive")
+            negative = op("Sub", [constant(1.0, "one"), positive], "negative")
+            result = op("Concat", [negative, positive], "probabilities", axis=1)
+        else:
+            result = op("Softmax", [linear], "probabilities", axis=1)
+    if model.task == "regression":
+        result = op("Reshape", [result, constant([-1], "flat", np.int64)], "values")
+    shape = [None] if model.task == "regression" else [None, width]
+    output = helper.make_tensor_value_info(result, TensorProto.FLOAT, shape)
+    graph = helper.make_graph(
+        nodes, "driftline_ensemble", list(inputs.values()), [output], initializers
+    )
+    combined = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid(domain, version) for domain, version in opsets.items()],
+        ir_version=max(graph_model.ir_version for _, graph_model in graphs),
+    )
+    onnx.checker.check_model(combined)
+    return combined.SerializeToString()
+
+
+def _at_default_opset(graph_model: Any, version: int) -> Any:
+    """The graph with the default domain at `version`: converted by onnx's version
+    converter where it can, else declared (the ops the converters emit here, Concat,
+    Reshape, Gather and friends, mean the same from opset 11 to 18)."""
+    import onnx
+    from onnx import version_converter
+
+    current = [entry for entry in graph_model.opset_import if entry.domain in ("", "ai.onnx")]
+    if current and current[0].version == version:
+        return graph_model
+    if current:
+        try:
+            return version_converter.convert_version(graph_model, version)
+        except Exception:  # it knows no ai.onnx.ml ops: declare the version below
+            pass
+    declared = onnx.ModelProto()
+    declared.CopyFrom(graph_model)
+    for entry in declared.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            entry.version = version
+    if not current:  # onnxmltools' tree graphs use the ML domain only
+        declared.opset_import.append(onnx.helper.make_opsetid("", version))
+    return declared
+
+
 def _keep_output(onnx_model: Any, name: str | None) -> bytes:
     """Drop every graph output but `name` (the converters add labels we do not use)."""
     graph = onnx_model.graph
@@ -305,18 +494,22 @@ class OnnxModel(Decisions):
             feeds = {"numeric": arrays.numeric, "codes": arrays.codes}
             # The exporter drops an input the graph never reads (a zero-width one).
             return {name: feeds[name] for name in self.input_names}
-        from pipeline.models.sklearn_model import MISSING_CATEGORY
-
-        numeric = arrays.numeric
-        columns = [np.ascontiguousarray(numeric[:, [i]]) for i in range(numeric.shape[1])]
-        columns += [
-            np.array([MISSING_CATEGORY if v is None else v for v in texts], dtype=object).reshape(
-                -1, 1
-            )
-            for texts in arrays.texts
-        ]
+        if self.family == "ensemble":
+            return self._ensemble_feeds(arrays)
         # One input per column, declared in `FeatureSpec.columns` order at export.
-        return dict(zip(self.input_names, columns, strict=True))
+        return dict(zip(self.input_names, _column_inputs(arrays), strict=True))
+
+    def _ensemble_feeds(self, arrays: FeatureArrays) -> dict[str, np.ndarray]:
+        """The inputs `_export_ensemble` declared (only those its members read)."""
+        feeds: dict[str, Any] = {
+            ENSEMBLE_ENCODED: arrays.encoded,
+            ENSEMBLE_NUMERIC: lambda: arrays.numeric,
+            ENSEMBLE_CODES: lambda: arrays.codes,
+        }
+        if any(name.startswith(ENSEMBLE_COLUMN.format("")) for name in self.input_names):
+            for position, column in enumerate(_column_inputs(arrays)):
+                feeds[ENSEMBLE_COLUMN.format(position)] = lambda column=column: column
+        return {name: feeds[name]() for name in self.input_names}
 
     def predict_raw(self, frame: pd.DataFrame) -> np.ndarray:
         """Regression values (n,), or class probabilities (n, k) in `classes` order."""
@@ -332,6 +525,19 @@ class OnnxModel(Decisions):
             positive = output.reshape(-1)
             return np.column_stack([1.0 - positive, positive])
         return output
+
+
+def _column_inputs(arrays: FeatureArrays) -> list[np.ndarray]:
+    """scikit-learn's graph inputs: one [n, 1] array per column, numerics then texts."""
+    from pipeline.models.sklearn_model import MISSING_CATEGORY
+
+    numeric = arrays.numeric
+    columns = [np.ascontiguousarray(numeric[:, [i]]) for i in range(numeric.shape[1])]
+    columns += [
+        np.array([MISSING_CATEGORY if v is None else v for v in texts], dtype=object).reshape(-1, 1)
+        for texts in arrays.texts
+    ]
+    return columns
 
 
 def quantize_dynamic_int8(onnx_bytes: bytes) -> bytes:

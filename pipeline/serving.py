@@ -293,6 +293,10 @@ def load_served_model(folder: Path, version: str, native: Path | None = None) ->
         dated = {c for name, (c, _) in rules.derived.items() if name in features.columns}
         rules = rules.only({*features.columns, *dated})
     record = record_model(features, context, rules)
+    if meta.get("distilled_from") and native is not None:
+        # A distilled student (compress.distill) keeps its native files beside its ONNX;
+        # the registered native folder is its teacher, which this version does not serve.
+        native = folder
     native_model, choice = None, RuntimeChoice(None, {})
     if native is not None:
         choice, native_model = _timed_native(native, model, version)

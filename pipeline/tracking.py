@@ -262,16 +262,19 @@ def log_model(
             artifacts=artifacts,
             signature=signature,
             input_example=example,
-            pip_requirements=_requirements(model.family),
+            pip_requirements=_requirements(model),
         )
     return info.model_uri
 
 
-def _requirements(family: str) -> list[str]:
+def _requirements(model: TabularModel) -> list[str]:
     from importlib.metadata import version
 
     packages = ["pandas", "numpy", "scikit-learn", "pyarrow"]
-    packages.append({"xgboost": "xgboost", "sklearn": "skops", "torch": "torch"}[family])
+    # An ensemble needs each member's package.
+    families = model.params["members"] if model.family == "ensemble" else [model.family]
+    for family in families:
+        packages.append({"xgboost": "xgboost", "sklearn": "skops", "torch": "torch"}[family])
     return [f"{name}=={version(name)}" for name in packages]
 
 

@@ -1,4 +1,5 @@
-"""One model interface over three families: xgboost, scikit-learn and torch.
+"""One model interface over four families: xgboost, scikit-learn, torch, and ensembles
+of those (`pipeline.models.ensemble_model`).
 
 `fit_model` learns the feature spec and the class encoding from train rows, fits the
 family chosen by `train.model` with early stopping on val, then, for classes,
@@ -38,6 +39,7 @@ _FAMILIES = {
     "xgboost": ("pipeline.models.xgboost_model", "XGBoostLearner"),
     "sklearn": ("pipeline.models.sklearn_model", "SklearnLearner"),
     "torch": ("pipeline.models.torch_model", "TorchLearner"),
+    "ensemble": ("pipeline.models.ensemble_model", "EnsembleLearner"),
 }
 
 
@@ -154,14 +156,17 @@ def fit_model(
 ) -> TabularModel:
     """Fit `config.model` on train with early stopping on val.
 
-    `family_params` overrides the family's params (tune passes a trial's choices).
-    `train.objective: auto` is resolved before this by `pipeline.selection`; here it
-    means squared error.
+    `family_params` overrides the family's params (tune passes a trial's choices; an
+    ensemble's name the member first: `xgboost.max_depth`). `train.objective: auto` is
+    resolved before this by `pipeline.selection`; here it means squared error. An
+    ensemble's `order: auto` not resolved by the stage (`TrainConfig.with_time_order`)
+    goes by the data's time column.
     """
     objective = resolved_objective(config, spec)
     data, classes = training_data(train, val, spec, config)
-    params = config.family_config().model_dump(mode="json")
-    params.update(family_params or {})
+    if config.model == "ensemble":
+        config = config.with_time_order(spec.time_column is not None)
+    params = with_overrides(config.family_params(), family_params or {})
     if objective is not None:
         params["loss"] = "squared_error" if objective == "log1p" else objective
         if objective == "tweedie":
@@ -190,7 +195,24 @@ def fit_model(
         probabilities = model.finish(learner.predict_raw(data.x_val))[:, 1]
         model.threshold = pick_threshold(data.y_val, probabilities, config.threshold_metric)
         model.threshold_metric = config.threshold_metric
+    if config.model == "ensemble":
+        model.selection["ensemble"] = learner.summary  # type: ignore[attr-defined]
     return model
+
+
+def with_overrides(params: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`params` with `overrides` applied; a dotted key (`xgboost.max_depth`) sets a key
+    of an ensemble member's section."""
+    merged = {
+        key: dict(value) if isinstance(value, dict) else value for key, value in params.items()
+    }
+    for key, value in overrides.items():
+        member, dot, name = key.partition(".")
+        if dot and isinstance(merged.get(member), dict):
+            merged[member][name] = value
+        else:
+            merged[key] = value
+    return merged
 
 
 def resolved_objective(config: TrainConfig, spec: DatasetSpec) -> str | None:
@@ -214,13 +236,20 @@ def refit_model(
     the objective, the classes, the calibrator and threshold fitted on val and the
     early-stopped report (with `refit_rows`) are kept. Score val with `model` first:
     the refit has seen it.
+
+    An ensemble refits each member for its own kept steps and keeps its combiner: the
+    learner's `refit_plan()` joins the params handed to the fresh learner (the model's
+    `params` stay as the user gave them).
     """
     if model.objective is not None:
         config = config.model_copy(update={"objective": model.objective})
     data, _ = training_data(pd.concat([train, val], ignore_index=True), val, spec, config)
     device = resolve_device(config.device, config.model)
+    params = model.params
+    if model.family == "ensemble":
+        params = {**params, "refit": model.learner.refit_plan()}  # type: ignore[attr-defined]
     learner = learner_class(model.family)(
-        model.params, data.features, data.task, data.n_classes, device=device, seed=config.seed
+        params, data.features, data.task, data.n_classes, device=device, seed=config.seed
     )
     learner.fit(data, steps=model.report.best_step + 1)
     return replace(
@@ -351,7 +380,10 @@ def pick_threshold(y_val: np.ndarray, probabilities: np.ndarray, metric: str) ->
 
 def resolve_device(requested: str, family: Family) -> str:
     """`auto` is CUDA when the family can use it here, else CPU; `cuda` without a GPU
-    is a configuration error, never a crash inside the library."""
+    is a configuration error, never a crash inside the library. An ensemble keeps the
+    request: each member resolves it for itself."""
+    if family == "ensemble":
+        return requested
     if family == "sklearn" or requested == "cpu":
         return "cpu"
     available = _cuda_available(family)

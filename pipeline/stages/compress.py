@@ -12,14 +12,24 @@ nothing. Dynamic int8 quantisation is tried for torch and linear models; with
 `quantize: auto` it is kept when it scores within the same tolerance and its file is
 at most half the float one (`keeps_int8`), never on a timing.
 
+With `compress.distill.student` set (`pipeline.distill`), a small student (a shallow
+xgboost or a small MLP) is fitted on the tuned model's outputs over train + val and
+exported too. It is scored on test beside the teacher's native, ONNX and int8 scores,
+and served in their place only when it scores within `compress.max_metric_drop` of the
+teacher's native score and its file is smaller than the teacher's export (never on a
+timing): then `models/compressed` holds the student's ONNX, its native files (so that
+serving times it, and /explain and the MLflow pyfunc score the model that is served)
+and a model.json that describes it and records what it was distilled from. The gate
+judged the teacher; the student is held to the same tolerance as the export itself.
+
 The versioned outputs hold no timing and no decision made on one, so the same model
 gives the same bytes on a quiet machine or a busy one: `models/compressed/{model.onnx,
 model.json}` (what serving loads: no pickle), `reports/compression.json` (sizes, metric
-deltas, the int8 decision) and `metrics/compress.json`. Latency, native and ONNX side
-by side, is measured each run into `reports/compression_latency.json`, a record of this
-machine that is not a DVC output (deploy logs it with the model). Which runtime scores
-a large batch is measured where it matters, by the server when it loads a model
-(`pipeline.serving`).
+deltas, the int8 decision, the student) and `metrics/compress.json`. Latency, native,
+ONNX and the student side by side, is measured each run into
+`reports/compression_latency.json`, a record of this machine that is not a DVC output
+(deploy logs it with the model). Which runtime scores a large batch is measured where
+it matters, by the server when it loads a model (`pipeline.serving`).
 """
 
 from __future__ import annotations
@@ -34,7 +44,13 @@ import numpy as np
 import pandas as pd
 import typer
 
-from pipeline.artifacts import read_json, read_stage_input, staged_directory, write_json_atomic
+from pipeline.artifacts import (
+    folder_digest,
+    read_json,
+    read_stage_input,
+    staged_directory,
+    write_json_atomic,
+)
 from pipeline.config import DEFAULT_PARAMS, CompressConfig, load_params
 from pipeline.console import report_user_errors, say
 from pipeline.errors import DriftlineError
@@ -74,15 +90,30 @@ class Compression:
     sizes: dict[str, int]
     latency: dict[str, Latency]
     candidates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The distilled student when it is what `onnx_bytes` holds (kept), else None.
+    student: TabularModel | None = None
+    # Each variant's score on test, keyed as `sizes`: native, onnx, int8, student.
+    scores: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def served(self) -> str:
+        """Which graph `onnx_bytes` is: the student's, the int8 one or the float one."""
+        if self.student is not None:
+            return "student"
+        return "onnx_int8" if self.quantized else "onnx"
 
     def report(self) -> dict[str, Any]:
-        """What the export is and how it scores: the same for the same model."""
+        """What the export is and how it scores: the same for the same model.
+        `served` names the graph models/compressed holds; `onnx_score` and
+        `metric_drop` are that graph's."""
         return {
+            "served": self.served,
             "metric": self.metric,
             "native_score": self.native_score,
             "onnx_score": self.onnx_score,
             "metric_drop": metric_drop(self.metric, self.native_score, self.onnx_score),
             "quantized": self.quantized,
+            "scores": self.scores,
             "size_bytes": self.sizes,
             "candidates": self.candidates,
         }
@@ -91,7 +122,7 @@ class Compression:
         """How fast each runtime was on this machine this time (`onnx_int8` where int8
         was tried): a record, not a versioned output."""
         return {
-            "served": "onnx_int8" if self.quantized else "onnx",
+            "served": self.served,
             "latency_ms": {name: vars(value) for name, value in self.latency.items()},
         }
 
@@ -161,8 +192,11 @@ def compress(
     target: str,
     metric: str,
     config: CompressConfig,
+    distill_rows: pd.DataFrame | None = None,
+    seed: int = 0,
 ) -> Compression:
-    """Export, check the metric, try int8, and time native and ONNX side by side (the
+    """Export, check the metric, try int8, distil a student from `distill_rows` (train +
+    val) when `config.distill` asks for one, and time every runtime side by side (the
     timings decide nothing)."""
     from pipeline.onnx_model import OnnxModel, QuantizationUnsupported, export_onnx
     from pipeline.onnx_model import quantize_dynamic_int8 as quantize
@@ -184,6 +218,7 @@ def compress(
         ),
     }
     sizes = {"native": native_size, "onnx": len(exported)}
+    scores = {"native": native_score, "onnx": onnx_score}
     candidates: dict[str, dict[str, Any]] = {}
     chosen, quantized, chosen_score = exported, False, onnx_score
     if config.quantize != "never" and quantizable(model):
@@ -204,11 +239,42 @@ def compress(
                 "why": why,
             }
             sizes["int8"] = len(int8)
+            scores["int8"] = int8_score
             latency["onnx_int8"] = measure_latency(
                 int8_model.predict_raw, test, config.latency_rows, config.latency_calls
             )
             if keep:
                 chosen, quantized, chosen_score = int8, True, int8_score
+    student = None
+    if config.distill.student != "none":
+        if distill_rows is None:
+            raise ValueError("compress.distill needs the train + val rows to distil from")
+        student, student_onnx = distilled_student(
+            model,
+            distill_rows,
+            test,
+            target,
+            metric,
+            native_score,
+            len(chosen),
+            config,
+            seed,
+            candidates,
+        )
+        if student is not None:
+            sizes["student"] = len(student_onnx)
+            scores["student"] = candidates["student"]["score"]
+            latency["student"] = measure_latency(
+                OnnxModel.from_model(student, student_onnx).predict_raw,
+                test,
+                config.latency_rows,
+                config.latency_calls,
+            )
+            if candidates["student"]["kept"]:
+                chosen, quantized = student_onnx, False
+                chosen_score = candidates["student"]["score"]
+            else:
+                student = None
     return Compression(
         onnx_bytes=chosen,
         quantized=quantized,
@@ -218,7 +284,63 @@ def compress(
         sizes=sizes,
         latency=latency,
         candidates=candidates,
+        student=student,
+        scores=scores,
     )
+
+
+def distilled_student(
+    teacher: TabularModel,
+    rows: pd.DataFrame,
+    test: pd.DataFrame,
+    target: str,
+    metric: str,
+    native_score: float,
+    teacher_bytes: int,
+    config: CompressConfig,
+    seed: int,
+    candidates: dict[str, dict[str, Any]],
+) -> tuple[TabularModel | None, bytes]:
+    """Fit the student, export it and score its ONNX on test; `candidates["student"]`
+    says how it scored and whether it is kept: within `max_metric_drop` of the teacher's
+    native score, and a smaller file than the teacher's export (`teacher_bytes`), never
+    on a timing. Returns the student and its ONNX (None and b"" when it could not be
+    exported)."""
+    from pipeline.distill import distill
+    from pipeline.onnx_model import OnnxExportError, OnnxModel, export_onnx
+    from pipeline.scoring import score
+
+    fitted = distill(teacher, rows, config.distill, seed)
+    student = fitted.model
+    entry: dict[str, Any] = {
+        "family": student.family,
+        "params": student.params,
+        "rows": fitted.rows,
+        "fidelity_loss": student.report.val_loss,
+    }
+    candidates["student"] = entry
+    try:
+        onnx = stable_onnx(export_onnx(student), f"driftline_{student.family}_student")
+    except OnnxExportError as exc:
+        entry.update(kept=False, why=f"no ONNX export: {exc}")
+        return None, b""
+    student_score = score(OnnxModel.from_model(student, onnx), test, target).metrics[metric]
+    drop = metric_drop(metric, native_score, student_score)
+    if not drop <= config.max_metric_drop:  # NaN (a broken graph) is refused too
+        keep, why = False, f"too inaccurate ({drop:+.3%} against max_metric_drop)"
+    elif len(onnx) >= teacher_bytes:
+        keep, why = False, f"{len(onnx) / teacher_bytes:.0%} of the teacher's export: no smaller"
+    else:
+        keep, why = True, f"within tolerance and {len(onnx) / teacher_bytes:.0%} of the file"
+    entry.update(
+        score=student_score,
+        native_score=score(student, test, target).metrics[metric],
+        metric_drop=drop,
+        size_bytes=len(onnx),
+        kept=keep,
+        why=why,
+    )
+    return student, onnx
 
 
 def keeps_int8(
@@ -288,15 +410,44 @@ def main(
     from pipeline.models import load_model
 
     candidate = load_model(model)
-    result = compress(candidate, folder_size(model), test_rows, spec.target, metric, config)
+    distill_rows = None
+    if config.distill.student != "none":  # the student learns the teacher on train + val
+        distill_rows = pd.concat(
+            [
+                read_stage_input(split / "train.parquet", "split"),
+                read_stage_input(split / "val.parquet", "split"),
+            ],
+            ignore_index=True,
+        )
+    result = compress(
+        candidate,
+        folder_size(model),
+        test_rows,
+        spec.target,
+        metric,
+        config,
+        distill_rows=distill_rows,
+        seed=loaded.train.seed,
+    )
+    served = result.student or candidate
     with staged_directory(out) as staged:
         (staged / ONNX_FILE).write_bytes(result.onnx_bytes)
+        described = served.describe()
+        if result.student is not None:
+            from pipeline.distill import DISTILLED_FROM, teacher_summary
+
+            # Its native files beside its ONNX: serving times them, /explain and the
+            # MLflow pyfunc load them (`pipeline.distill.student_folder`).
+            result.student.learner.save(staged)
+            described[DISTILLED_FROM] = teacher_summary(
+                candidate, folder_digest(model), metric, result.native_score
+            )
         meta = {
-            **candidate.describe(),
+            **described,
             "onnx": {"file": ONNX_FILE, "quantized": result.quantized, "metric": metric},
             # Columns a request may carry for the log, so that a labelled production
             # row can become a training row again (`driftline` retraining on drift).
-            "context": context_columns(spec, candidate.features.columns),
+            "context": context_columns(spec, served.features.columns),
             # What clean does to a source row: serving applies it to each request, so a
             # client sends the row as the source has it (pipeline/rows.py).
             "rows": RowRules.fit(spec, loaded.clean, clean_report.get("fills")).to_dict(),
@@ -319,13 +470,21 @@ def main(
         {"batch_rows": config.latency_rows, "single_row_calls": config.latency_calls, **timings},
     )
     onnx, native = result.latency[timings["served"]], result.latency["native"]
+    student, student_note = result.candidates.get("student"), ""
+    if student is not None:
+        scored = f"{metric} {student['score']:.5g}, " if "score" in student else ""
+        student_note = (
+            f"; {student['family']} student {'served' if student['kept'] else 'not kept'} "
+            f"({scored}{student.get('size_bytes', 0) / 1024:.0f} KB)"
+        )
     say(
-        f"compress ({candidate.family}{', int8' if result.quantized else ''}): "
+        f"compress ({served.family}{', int8' if result.quantized else ''}"
+        f"{', distilled student' if result.student is not None else ''}): "
         f"{result.sizes['native'] / 1024:.0f} KB -> {len(result.onnx_bytes) / 1024:.0f} KB; "
         f"{metric} {result.native_score:.5g} -> {result.onnx_score:.5g}; one row "
         f"{native.one_row_p50_ms:.3g} -> {onnx.one_row_p50_ms:.3g} ms, "
         f"{config.latency_rows} rows {native.batch_ms:.3g} -> {onnx.batch_ms:.3g} ms "
-        f"(timings in {latency}) -> {out}"
+        f"(timings in {latency}){student_note} -> {out}"
     )
 
 

@@ -125,6 +125,7 @@ def main(
         )
 
     from pipeline import promotions, tracking
+    from pipeline.distill import student_folder
     from pipeline.models import load_model
     from pipeline.registry import CHAMPION, alias_version
 
@@ -143,7 +144,7 @@ def main(
         split=read_json(split_report, "split") if split_report.exists() else None,
         fairness=read_json(fairness, "evaluate") if fairness.exists() else None,
         intended_use=loaded.deploy.model_card.intended_use,
-        limitations=loaded.deploy.model_card.limitations,
+        limitations=[*loaded.deploy.model_card.limitations, *distilled_note(compressed)],
     )
     with tracking.tracking_errors(config):
         import mlflow
@@ -158,8 +159,10 @@ def main(
         if decision.action == "promote":
             example = read_stage_input(split / "val.parquet", "split")
             with mlflow.start_run(run_id=run_id) as run:
+                # The model serving serves: a distilled student where compress kept one
+                # (its signature, requirements and pyfunc), the tuned model otherwise.
                 uri = tracking.log_model(
-                    load_model(model),
+                    load_model(student_folder(model, compressed)),
                     model,
                     example,
                     onnx_dir=compressed,
@@ -226,15 +229,39 @@ def main(
             promotions.append_record(record)
     if decision.action != "promote":
         version = champion_version if decision.action == "keep" else None
-        card_text = model_card.build_model_card(
-            replace(card_inputs, version=version, outcome=_card_outcome(decision, experiment))
-        )
-    write_text_atomic(card, card_text)
+    # The file is a DVC output: it leaves out what names the repository's state (the git
+    # commit, dvc.lock's hash), which the commit recording the file would change. The
+    # card in the run and in the registered version carries them.
+    file_inputs = replace(
+        card_inputs,
+        version=version,
+        outcome=_card_outcome(decision, experiment),
+        provenance=card_inputs.provenance.of_data(),
+    )
+    write_text_atomic(card, model_card.build_model_card(file_inputs))
     write_json_atomic(report, asdict(record))
     say(f"deploy: {record.action}: {record.reason}")
     say(f"model card -> {card}")
     if record.action == "promote":
         say(f"champion is now v{record.version} (previous: {record.previous or 'none'})")
+
+
+def distilled_note(compressed: Path) -> list[str]:
+    """The card's line for a version served as a distilled student (`compress.distill`):
+    the card describes the tuned model, which serving does not score."""
+    meta_path = compressed / "model.json"
+    if not meta_path.exists():
+        return []
+    meta = read_json(meta_path, "compress")
+    teacher = meta.get("distilled_from")
+    if not teacher:
+        return []
+    return [
+        f"Serving scores a {meta['family']} student distilled from this {teacher['family']} "
+        f"model (compress.distill), within compress.max_metric_drop of its test "
+        f"{teacher['metric']} ({teacher['score']:.4g}); its figures are in "
+        "reports/compression.json."
+    ]
 
 
 def _card_outcome(decision: Decision, experiment: str | None) -> str:

@@ -46,6 +46,7 @@ def train(
     from pipeline.models import fit_model
     from pipeline.selection import capped_train, choose_objective, rolling_folds
 
+    config = config.with_time_order(time_ordered)  # an ensemble's out-of-fold folds
     folds = []
     if time_ordered:
         folds = rolling_folds(train_rows, val_rows, config.selection_folds, config.selection_rows)

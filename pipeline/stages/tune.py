@@ -1,6 +1,8 @@
 """tune: an Optuna search over the family's params, then a refit of the best.
 
-TPE proposes params from `tune.search_space.<family>`; a Hyperband (or median) pruner
+TPE proposes params from `tune.search_space.<family>` (an ensemble: its members' spaces,
+keys prefixed by the member, `xgboost.max_depth`, each trial fitting the whole
+ensemble, under the same budget and `min_improvement` rule); a Hyperband (or median) pruner
 stops trials whose loss, reported every few boosting rounds or epochs (or after each
 fold), trails the others. Trials are scored as train scored its objective
 (`pipeline.selection`): on rolling-origin folds over the val period for time-ordered
@@ -131,11 +133,33 @@ def suggest(trial: optuna.Trial, family: str, space: dict[str, SearchRange]) -> 
     return params
 
 
+def search_space(train_config: TrainConfig, config: TuneConfig) -> dict[str, SearchRange]:
+    """The family's space; an ensemble's is each member's, keys prefixed by the member."""
+    if train_config.model != "ensemble":
+        return config.search_space.get(train_config.model, {})
+    return {
+        f"{member}.{key}": search
+        for member in train_config.ensemble.members
+        for key, search in config.search_space.get(member, {}).items()  # type: ignore[call-overload]
+    }
+
+
+def flat_params(train_config: TrainConfig) -> dict[str, Any]:
+    """train's params as the search space names them (an ensemble member's dotted)."""
+    params = train_config.family_params()
+    if train_config.model != "ensemble":
+        return params
+    flat = {key: value for key, value in params.items() if key not in train_config.ensemble.members}
+    for member in train_config.ensemble.members:
+        flat.update({f"{member}.{key}": value for key, value in params[member].items()})
+    return flat
+
+
 def default_point(
     train_config: TrainConfig, space: dict[str, SearchRange]
 ) -> dict[str, Any] | None:
     """train's own params as a trial, when they lie inside the search space."""
-    defaults = train_config.family_config().model_dump(mode="json")
+    defaults = flat_params(train_config)
     point: dict[str, Any] = {}
     for key, search in space.items():
         value = defaults[key]
@@ -278,10 +302,11 @@ def tune(
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     family = train_config.model
+    train_config = train_config.with_time_order(time_ordered)  # an ensemble's OOF folds
     if untuned is not None and untuned.model.objective is not None:
         # Trials fit the objective train chose (`train.objective: auto`).
         train_config = train_config.model_copy(update={"objective": untuned.model.objective})
-    space = config.search_space.get(family, {})
+    space = search_space(train_config, config)
     name = study_name(train_config, config, data_digest, space)
     rolling = []
     if time_ordered:
@@ -461,7 +486,7 @@ def tune(
             f"the best trial ({best.value:.5g}) is not {config.min_improvement:.0%} below "
             f"train's {bar:.5g}"
         )
-    train_params = train_config.family_config().model_dump(mode="json")
+    train_params = train_config.family_params()
     if untuned is not None:
         return result(untuned.model, train_params, "train", reason)
     return result(
@@ -593,7 +618,7 @@ def main(
 ) -> None:
     """Search train.<model>'s params with Optuna; refit the best into models/tuned."""
     loaded = load_params(params)
-    config, train_config = loaded.tune, loaded.train
+    config, train_config = loaded.tune, loaded.train.with_time_order(loaded.time_ordered)
     spec = DatasetSpec.read(raw / "schema.yaml")
     train_path, val_path = split / "train.parquet", split / "val.parquet"
     train_rows = read_stage_input(train_path, "split")
@@ -612,7 +637,7 @@ def main(
         prepare_store(config.storage, loaded.stores.private)  # before Optuna creates it
     provenance = tracking.provenance_tags([train_path, val_path])
     data_digest = provenance["driftline.data_version"]
-    space = config.search_space.get(train_config.model, {})
+    space = search_space(train_config, config)
     budget = config.n_trials if space else 0
     baseline = read_untuned(untuned, train_config, data_digest)
     if baseline is None and train_config.objective == "auto" and spec.task == "regression":
@@ -746,7 +771,7 @@ def read_untuned(folder: Path, train_config: TrainConfig, data_digest: str) -> U
     if not (folder / "model.json").exists():
         return None
     model = load_model(folder)
-    wanted = train_config.family_config().model_dump(mode="json")
+    wanted = train_config.family_params()
     same_params = all(model.params.get(key) == value for key, value in wanted.items())
     selection = model.selection
     if (

@@ -272,6 +272,12 @@ def test_a_description_over_the_registry_limit_leaves_its_longest_sections_to_th
     assert len(version_description(card, limit=300)) <= 300
 
 
+def without_repository_state(card: str) -> str:
+    """The card as deploy writes it to reports/: no commit and no dvc.lock hash."""
+    state = ("- dvc.lock sha256: ", "- Git commit: ")
+    return "".join(line for line in card.splitlines(keepends=True) if not line.startswith(state))
+
+
 def test_deploy_attaches_the_card_to_the_registered_version_and_its_run(shipped: Project) -> None:
     from mlflow.tracking._tracking_service import utils
 
@@ -280,24 +286,32 @@ def test_deploy_attaches_the_card_to_the_registered_version_and_its_run(shipped:
     assert first.startswith(f"# Model card: {name} v1\n")
     mlflow.set_tracking_uri(shipped.tracking_uri)
     client = mlflow.MlflowClient()
-    assert client.get_model_version(name, "1").description == first
+    registered = client.get_model_version(name, "1").description
+    assert "- dvc.lock sha256: `" in registered and "dvc.lock" not in first
+    assert without_repository_state(registered) == first
     assert "- Data version: `" in first  # the tune run's tag (a temporary project has no git)
 
     # Nothing new: deploy keeps v1, and the card says so without touching the version.
     shipped.run_stages("deploy")
     kept = (shipped.root / "reports" / CARD_FILE).read_text()
     assert f"Registered as version 1 of `{name}`. Deploy: keep:" in kept
-    assert client.get_model_version(name, "1").description == first
+    assert client.get_model_version(name, "1").description == registered
 
     # With no champion the same candidate is registered again, as v2, card and all. MLflow
     # caches each run's artifact folder by run id in this process: the copied project's
     # run has the template's id, so forget it and the card lands in this copy's store.
+    # The run now names a commit, as in a git checkout: the registered card says it, the
+    # file (a DVC output, recorded by a later commit) does not, or it never matched.
+    commit = "0123456789abcdef"
+    client.set_tag(client.get_model_version(name, "1").run_id, "mlflow.source.git.commit", commit)
     client.delete_registered_model_alias(name, "champion")
     utils._artifact_repos_cache.clear()
     shipped.run_stages("deploy")
     second = (shipped.root / "reports" / CARD_FILE).read_text()
     assert second.startswith(f"# Model card: {name} v2\n")
     version = client.get_model_version(name, "2")
-    assert version.description == second
+    assert "- Git commit: `0123456789ab`\n" in version.description
+    assert "Git commit" not in second
+    assert without_repository_state(version.description) == second
     logged = client.download_artifacts(version.run_id, CARD_FILE, str(shipped.root / "scratch"))
-    assert Path(logged).read_text() == second
+    assert Path(logged).read_text() == version.description
