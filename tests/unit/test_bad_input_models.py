@@ -23,7 +23,11 @@ def refuses(project: Project, stages: tuple[str, ...], code: int, expected: str)
 @pytest.mark.parametrize(
     ("section", "values", "expected"),
     [
-        ("train", {"model": "lightgbm"}, "train.model: Input should be 'xgboost', 'sklearn' or 'torch'"),
+        (
+            "train",
+            {"model": "lightgbm"},
+            "train.model: Input should be 'xgboost', 'sklearn', 'torch' or 'ensemble'",
+        ),
         ("train", {"xgboost": {"learning_rate": 0}}, "train.xgboost.learning_rate: Input should be greater than 0"),
         ("train", {"torch": {"hidden_sizes": []}}, "train.torch.hidden_sizes: List should have at least 1 item"),
         ("tune", {"search_space": {"xgboost": {"depth": {"low": 1, "high": 3}}}}, "search_space.xgboost.depth: not a train.xgboost parameter"),
