@@ -443,6 +443,8 @@ class TrainConfig(Section):
         if self.model == "ensemble":
             for member in self.ensemble.members:
                 params[member] = getattr(self, member).model_dump(mode="json")
+            # The out-of-fold fits are choices too: they fit at most this many rows.
+            params["selection_rows"] = self.selection_rows
         return params
 
     def with_time_order(self, time_ordered: bool) -> TrainConfig:

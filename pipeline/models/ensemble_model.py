@@ -9,7 +9,9 @@ takes its params from its own section. Fitting an ensemble:
    folds (fold j fits on the rows before block j and scores block j; block 0 is never
    scored), otherwise seeded shuffled k-fold (stratified for classes). In each fold every
    member is fitted afresh for its kept step count, with no validation rows at all, so
-   no member is fitted or early-stopped on a row it scores.
+   no member is fitted or early-stopped on a row it scores. On large tables a fold fits
+   on at most `train.selection_rows` rows, as the fits that score any other choice do
+   (the newest before its block, or a seeded sample).
 3. The combiner is fitted on the OOF predictions: `blend` finds non-negative weights
    summing to 1 that minimise the OOF loss (RMSE, or log loss of the mixed
    probabilities), and keeps a single member's weight 1 when that is no worse; `stack`
@@ -166,9 +168,29 @@ class OofFold:
     score: np.ndarray
 
 
-def oof_folds(y: np.ndarray, task: str, folds: int, order: str, seed: int) -> list[OofFold]:
+def oof_folds(
+    y: np.ndarray, task: str, folds: int, order: str, seed: int, max_rows: int | None = None
+) -> list[OofFold]:
     """Expanding-window folds in row order (`order: time`), else shuffled k-fold,
-    stratified for classes, seeded."""
+    stratified for classes, seeded. A fold fits on at most `max_rows` rows
+    (`train.selection_rows`): the newest before its block, or a seeded sample."""
+    found = _oof_folds(y, task, folds, order, seed)
+    if max_rows is None:
+        return found
+    rng = np.random.default_rng(seed)
+    capped = []
+    for fold in found:
+        fit = fold.fit
+        if len(fit) > max_rows:
+            if order == "time":
+                fit = fit[-max_rows:]
+            else:
+                fit = np.sort(rng.choice(fit, size=max_rows, replace=False))
+        capped.append(OofFold(fit, fold.score))
+    return capped
+
+
+def _oof_folds(y: np.ndarray, task: str, folds: int, order: str, seed: int) -> list[OofFold]:
     n_rows = len(y)
     if order == "time":
         block = n_rows // (folds + 1)
@@ -274,6 +296,7 @@ class EnsembleLearner(Learner):
             int(self.config["folds"]),
             self.config.get("order", "shuffled"),
             self.seed,
+            self.config.get("selection_rows"),
         )
         scored = np.concatenate([fold.score for fold in folds])
         oof = {family: self._oof(family, data, folds, kept[family]) for family in kept}
@@ -291,6 +314,7 @@ class EnsembleLearner(Learner):
             "order": self.config.get("order", "shuffled"),
             "folds": len(folds),
             "oof_rows": len(scored),
+            "fold_fit_rows": max(len(fold.fit) for fold in folds),
             "steps": kept,
             "member_val_loss": {f: round(reports[f].val_loss, 6) for f in self.member_names},
             "oof_loss": {

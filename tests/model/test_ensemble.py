@@ -136,6 +136,31 @@ def test_oof_folds_score_each_row_once_and_never_a_fitted_one(order: str, task: 
     ]
 
 
+@pytest.mark.parametrize("order", ["time", "shuffled"])
+def test_a_fold_fits_at_most_selection_rows(order: str) -> None:
+    """On a large table each out-of-fold fit takes `train.selection_rows` rows: the newest
+    before its block in time order, else a seeded sample of its own rows."""
+    y = np.arange(3000, dtype=float)
+    whole = oof_folds(y, "regression", 3, order, seed=7)
+    capped = oof_folds(y, "regression", 3, order, seed=7, max_rows=500)
+    for full, fold in zip(whole, capped, strict=True):
+        assert len(fold.fit) == min(500, len(full.fit))
+        assert set(fold.fit) <= set(full.fit) and fold.score.tolist() == full.score.tolist()
+        if order == "time":
+            assert fold.fit.max() == full.fit.max()  # the newest rows before the block
+    again = oof_folds(y, "regression", 3, order, seed=7, max_rows=500)
+    assert [f.fit.tolist() for f in again] == [f.fit.tolist() for f in capped]
+
+
+def test_train_selection_rows_reaches_the_out_of_fold_fits() -> None:
+    train, val = frame("regression", rows=2400, seed=1), frame("regression", rows=200, seed=2)
+    config = ensemble_config(["xgboost", "sklearn"]).model_copy(update={"selection_rows": 1000})
+    model = fit_model(train, val, spec_for("regression"), config)
+    # Time-ordered blocks of 600: the folds fit 600, 1,200 and 1,800 rows, capped at 1,000.
+    assert model.selection["ensemble"]["fold_fit_rows"] == 1000
+    assert model.params["selection_rows"] == 1000
+
+
 def test_too_many_folds_for_the_rows_is_one_clear_line() -> None:
     with pytest.raises(Exception, match=r"train\.ensemble\.folds"):
         oof_folds(np.arange(50, dtype=float), "regression", 5, "time", seed=0)
