@@ -279,11 +279,12 @@ def prefect_summary(browser: str, url: str, picture: Path, home: Path) -> None:
 
 
 def evidently_picture(browser: str, url: str, picture: Path, home: Path) -> None:
-    page = Page(browser, (1400, 2200), home)
+    page = Page(browser, (1400, 2900), home)
     try:
         page.open(url)
         page.wait_for(
-            text_shown("Quality: estimated and measured")
+            # The last panel's title; its plot is empty when fairness is not audited.
+            text_shown("Fairness gap over time")
             + " && document.querySelectorAll('svg').length >= 6",
             "the dashboard's panels",
         )
