@@ -22,7 +22,7 @@ from pipeline.config import FairnessConfig, load_params, parse_params
 from pipeline.errors import ConfigError, DataError
 from pipeline.fairness import FairnessAudit, audit, binary_metrics, fairness_plot, group_labels
 from pipeline.metrics import classification_metrics
-from pipeline.models import fit_model
+from pipeline.models import TabularModel, fit_model
 from pipeline.schema import resolve_spec
 from pipeline.scoring import Scored, score
 from pipeline.stages.evaluate import gate
@@ -36,10 +36,9 @@ AUDIT = FairnessConfig(sensitive_columns=["age", "marital"], bands={"age": AGE_B
 BOUNDS = {"roc_auc": 0.2, "selection_rate": 0.2}
 
 
-@pytest.fixture(scope="module")
-def bank() -> tuple[object, pd.DataFrame, Scored]:
-    """The bank example's xgboost, small, fitted on half the slice and scored on a third
-    (about 900 test rows, so the middle age bands hold a few hundred each)."""
+def bank_model() -> tuple[TabularModel, pd.DataFrame]:
+    """The bank example's xgboost, small, fitted on half the slice, and its test third
+    (about 900 rows, so the middle age bands hold a few hundred each)."""
     params = load_params(EXAMPLE)
     frame = pd.read_csv(BANK, sep=";").drop(columns=["duration"])
     spec = resolve_spec(frame, params.data)
@@ -47,8 +46,14 @@ def bank() -> tuple[object, pd.DataFrame, Scored]:
     train, val = train_test_split(rest, test_size=0.25, stratify=rest["y"], random_state=0)
     small = params.train.xgboost.model_copy(update={"n_estimators": 200})
     model = fit_model(train, val, spec, params.train.model_copy(update={"xgboost": small}))
-    test = test.reset_index(drop=True)
-    return model, test, score(model, test, spec.target)
+    return model, test.reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def bank() -> tuple[object, pd.DataFrame, Scored]:
+    """`bank_model`, scored on its test third."""
+    model, test = bank_model()
+    return model, test, score(model, test, model.spec_target)
 
 
 @pytest.fixture(scope="module")

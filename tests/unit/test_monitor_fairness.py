@@ -15,12 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.model_selection import train_test_split
 
-from pipeline.config import FairnessConfig, MlflowConfig, load_params
+from pipeline.config import FairnessConfig, MlflowConfig
 from pipeline.fairness import FairnessAudit, audit, group_labels
 from pipeline.label_store import store_labels
-from pipeline.models import fit_model
 from pipeline.monitoring import (
     ChampionFairness,
     Window,
@@ -30,12 +28,9 @@ from pipeline.monitoring import (
     window_audit,
 )
 from pipeline.prediction_log import PredictionLog
-from pipeline.schema import resolve_spec
 from pipeline.scoring import score
-from tests.conftest import FIXTURES, REPO
+from tests.model.test_fairness import bank_model
 
-EXAMPLE = REPO / "examples" / "bank_marketing.params.yaml"
-BANK = FIXTURES / "bank_marketing_3000.csv"
 NOW = datetime(2026, 12, 1, 12, tzinfo=UTC)
 SEED = 42
 AGE_BANDS = [25.0, 35.0, 50.0, 65.0]
@@ -61,14 +56,7 @@ class Served:
 def bank() -> Served:
     """The bank example's xgboost, small, fitted on half the slice; its test third is
     what production sends."""
-    params = load_params(EXAMPLE)
-    frame = pd.read_csv(BANK, sep=";").drop(columns=["duration"])
-    spec = resolve_spec(frame, params.data)
-    rest, test = train_test_split(frame, test_size=0.3, stratify=frame["y"], random_state=0)
-    train, val = train_test_split(rest, test_size=0.25, stratify=rest["y"], random_state=0)
-    small = params.train.xgboost.model_copy(update={"n_estimators": 200})
-    model = fit_model(train, val, spec, params.train.model_copy(update={"xgboost": small}))
-    test = test.reset_index(drop=True)
+    model, test = bank_model()
     return Served(model, test, audit(score(model, test, "y"), test, "binary", AUDIT, SEED))
 
 
