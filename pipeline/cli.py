@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from pipeline.config import DEFAULT_PARAMS, load_params
-from pipeline.console import report_user_errors, say
+from pipeline.console import report_user_errors, run_command, say
 from pipeline.secrets import mask_url
 from pipeline.stages import (
     clean,
@@ -341,5 +341,11 @@ def simulate(
         say(line)
 
 
+def main() -> None:
+    """The `driftline` console script: the app, then an exit without the last full
+    garbage collection (`run_command`)."""
+    run_command(app)
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -18,7 +18,7 @@ import typer
 from pipeline import preflight
 from pipeline.artifacts import write_json_atomic
 from pipeline.config import DEFAULT_PARAMS
-from pipeline.console import report_user_errors, say
+from pipeline.console import report_user_errors, run_command, say
 from pipeline.secrets import mask_url
 
 
@@ -40,4 +40,4 @@ def main(
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    run_command(main)

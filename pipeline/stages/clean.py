@@ -21,7 +21,7 @@ from pipeline.artifacts import (
     write_parquet_atomic,
 )
 from pipeline.config import DEFAULT_PARAMS, CalendarPart, CleanConfig, load_params
-from pipeline.console import report_user_errors, say
+from pipeline.console import report_user_errors, run_command, say
 from pipeline.errors import ConfigError, DataError
 from pipeline.schema import DatasetSpec
 
@@ -284,4 +284,4 @@ def main(
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    run_command(main)

@@ -52,7 +52,7 @@ from pipeline.artifacts import (
     write_json_atomic,
 )
 from pipeline.config import DEFAULT_PARAMS, CompressConfig, load_params
-from pipeline.console import report_user_errors, say
+from pipeline.console import report_user_errors, run_command, say
 from pipeline.errors import DriftlineError
 from pipeline.metrics import HIGHER_IS_BETTER, primary_metric
 from pipeline.rows import RowRules
@@ -489,4 +489,4 @@ def main(
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    run_command(main)

@@ -36,7 +36,7 @@ from pipeline.artifacts import (
     write_text_atomic,
 )
 from pipeline.config import DEFAULT_PARAMS, load_params
-from pipeline.console import report_user_errors, say, warn
+from pipeline.console import report_user_errors, run_command, say, warn
 from pipeline.errors import DataError
 from pipeline.importance import FeatureImportance
 from pipeline.registry import QUALITY_FILE
@@ -271,4 +271,4 @@ def _card_outcome(decision: Decision, experiment: str | None) -> str:
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    run_command(main)

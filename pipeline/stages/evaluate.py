@@ -38,7 +38,7 @@ from pipeline.artifacts import (
     write_json_atomic,
 )
 from pipeline.config import DEFAULT_PARAMS, EvaluateConfig, load_params
-from pipeline.console import report_user_errors, say, warn
+from pipeline.console import report_user_errors, run_command, say, warn
 from pipeline.errors import DataError, DriftlineError
 from pipeline.metrics import (
     HIGHER_IS_BETTER,
@@ -562,4 +562,4 @@ def _log_to_mlflow(
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    run_command(main)

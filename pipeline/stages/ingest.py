@@ -19,7 +19,7 @@ import typer
 
 from pipeline.artifacts import write_json_atomic, write_parquet_atomic, write_text_atomic
 from pipeline.config import DEFAULT_PARAMS, DataConfig, load_params
-from pipeline.console import report_user_errors, say
+from pipeline.console import report_user_errors, run_command, say
 from pipeline.errors import DataError
 from pipeline.schema import DatasetSpec, check_named_columns, resolve_spec
 from pipeline.sources import column_difference, read_parquet, read_source
@@ -187,4 +187,4 @@ def main(
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    run_command(main)

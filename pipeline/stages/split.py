@@ -20,7 +20,7 @@ import typer
 
 from pipeline.artifacts import read_stage_input, write_json_atomic, write_parquet_atomic
 from pipeline.config import DEFAULT_PARAMS, SplitConfig, load_params
-from pipeline.console import report_user_errors, say
+from pipeline.console import report_user_errors, run_command, say
 from pipeline.drift import build_profile, profile_columns, write_profile
 from pipeline.errors import DataError
 from pipeline.schema import DatasetSpec
@@ -213,4 +213,4 @@ def main(
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    run_command(main)

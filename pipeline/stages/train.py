@@ -24,7 +24,7 @@ import typer
 
 from pipeline.artifacts import read_stage_input, staged_directory, write_json_atomic
 from pipeline.config import DEFAULT_PARAMS, TrainConfig, load_params
-from pipeline.console import report_user_errors, say
+from pipeline.console import report_user_errors, run_command, say
 from pipeline.metrics import rounded
 from pipeline.schema import DatasetSpec
 
@@ -157,4 +157,4 @@ def main(
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    run_command(main)

@@ -63,7 +63,7 @@ from pipeline.config import (
     is_integer_param,
     load_params,
 )
-from pipeline.console import report_user_errors, say
+from pipeline.console import report_user_errors, run_command, say
 from pipeline.errors import ConfigError, first_line
 from pipeline.metrics import rounded
 from pipeline.schema import DatasetSpec
@@ -789,4 +789,4 @@ def read_untuned(folder: Path, train_config: TrainConfig, data_digest: str) -> U
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    run_command(main)

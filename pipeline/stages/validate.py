@@ -22,7 +22,7 @@ from pipeline.artifacts import (
     write_json_atomic,
 )
 from pipeline.config import DEFAULT_PARAMS, ValidateConfig, load_params
-from pipeline.console import report_user_errors, say, warn
+from pipeline.console import report_user_errors, run_command, say, warn
 from pipeline.errors import ValidationFailed
 from pipeline.quality import ValidationReport, build_checks, run_checks
 from pipeline.schema import DatasetSpec
@@ -90,4 +90,4 @@ def main(
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    run_command(main)
