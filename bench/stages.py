@@ -240,12 +240,16 @@ def quiet_env(project: Path, bin_dir: Path = BIN) -> dict[str, str]:
 
 
 def make_project(root: Path, trials: int, timeout: int | None) -> Path:
-    """A fresh copy of what the stages read: params.yaml (with the tuning budget cut),
-    dvc.yaml, pipeline/ (stage deps for DVC, and what `python -m` imports from the
-    copy's cwd) and an empty landing folder."""
+    """A fresh copy of what the stages read, as a checkout has it: params.yaml (with the
+    tuning budget cut), dvc.yaml, .dvcignore (without it DVC would hash the
+    `__pycache__` the stage processes write into pipeline/), pipeline/ (stage deps for
+    DVC, and what `python -m` imports from the copy's cwd) and an empty landing folder."""
     project = Path(tempfile.mkdtemp(prefix="project-", dir=root))
-    shutil.copy2(REPO / "dvc.yaml", project / "dvc.yaml")
-    shutil.copytree(REPO / "pipeline", project / "pipeline")
+    for name in ("dvc.yaml", ".dvcignore"):
+        shutil.copy2(REPO / name, project / name)
+    shutil.copytree(
+        REPO / "pipeline", project / "pipeline", ignore=shutil.ignore_patterns("__pycache__")
+    )
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["tune"]["n_trials"] = trials
     params["tune"]["timeout"] = timeout
