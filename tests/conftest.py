@@ -75,7 +75,6 @@ LONGEST_FIRST = (
     "tests/flows/test_drift_loop.py",
     "tests/flows/test_training_flow.py",
     "tests/e2e/test_dvc_repro.py",
-    "tests/e2e/test_dvc_experiments.py",
     "tests/e2e/test_init_then_repro.py",
     "tests/multihost/test_tuning_across_hosts.py",
     "tests/flows/test_flow_logic.py",

@@ -1,4 +1,9 @@
-"""`dvc repro` of every stage in a fresh project, on a slice of the real bike data."""
+"""`dvc repro` of every stage in a fresh git project, on a slice of the real bike data,
+then what re-runs which stage, and at the end `dvc exp run` in that project, which now
+has a champion: an experiment never moves it.
+
+One project for the whole file (its tests run in order): the cold pipeline is the
+expensive part, and the experiment needs a project that has run it."""
 
 from __future__ import annotations
 
@@ -60,21 +65,35 @@ class DvcProject:
         return {str(p.relative_to(self.root)): p.read_bytes() for p in sorted(paths)}
 
 
+def git(root: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=root, check=True, capture_output=True)
+
+
 @pytest.fixture(scope="module")
 def dvc_project(tmp_path_factory: pytest.TempPathFactory) -> DvcProject:
-    """A copy of the repo's pipeline and dvc.yaml, its source a 2,000-row slice."""
+    """A git + DVC project with a copy of the repo's pipeline, dvc.yaml and ignore files,
+    its source a 2,000-row slice. Its first champion is a deliberately weak model (10
+    trees, no search), so that the experiment's candidate at the end passes the gate."""
     root = tmp_path_factory.mktemp("dvc") / "project"
     root.mkdir()
     shutil.copytree(
         REPO / "pipeline", root / "pipeline", ignore=shutil.ignore_patterns("__pycache__")
     )
-    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
+        shutil.copy(REPO / name, root / name)
     (root / "data" / "landing").mkdir(parents=True)
     (root / "data" / "landing" / ".gitkeep").touch()
     params = sliced_params()
+    params["tune"]["n_trials"] = 0
+    params["train"]["objective"] = "squared_error"
+    params["train"]["xgboost"]["n_estimators"] = 10
+    params["evaluate"]["floors"] = {}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git(root, "init", "-q", "-b", "main")
+    git(root, "config", "user.email", "test@driftline.invalid")
+    git(root, "config", "user.name", "Driftline test")
     project = DvcProject(root)
-    project.dvc("init", "--no-scm", "-q")
+    project.dvc("init", "-q")
     project.dvc("config", "core.analytics", "false")
     return project
 
@@ -179,3 +198,55 @@ def test_params_that_do_not_fit_the_data_stop_at_check(dvc_project: DvcProject) 
     assert "Traceback" not in failed.stderr + failed.stdout
     assert dvc_project.outputs() == before
     assert dvc_project.ran(dvc_project.dvc("repro").stdout) == set()
+
+
+def aliases(project: DvcProject) -> dict[str, str]:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=project.env["MLFLOW_TRACKING_URI"])
+    found = client.get_registered_model("driftline").aliases
+    return {alias: str(version) for alias, version in found.items()}
+
+
+def test_an_experiment_registers_a_challenger_and_leaves_the_champion(
+    dvc_project: DvcProject,
+) -> None:
+    """Last in the file: the project as the tests above left it (champion v1, every
+    param back as it was but `evaluate.min_improvement`), committed."""
+    assert aliases(dvc_project) == {"champion": "1"}
+    promotions = dvc_project.root / "reports/promotions.jsonl"
+    earlier = len(promotions.read_text().splitlines())
+    git(dvc_project.root, "add", "-A")
+    git(dvc_project.root, "commit", "-q", "-m", "v1")
+
+    ran = dvc_project.dvc(
+        "exp", "run", "-S", "train.seed=7", "-S", "train.xgboost.n_estimators=300"
+    )
+    assert "Running stage 'deploy'" in ran.stdout
+    gate = json.loads((dvc_project.root / "reports/gate.json").read_text())
+    assert gate["passed"], gate["reason"]  # it would have been promoted outside an experiment
+    deployed = json.loads((dvc_project.root / "reports/deploy.json").read_text())
+    assert deployed["action"] == "challenger"
+    assert deployed["version"] == "2" and deployed["previous"] == "1"
+    assert "the champion stays v1" in deployed["reason"]
+    assert aliases(dvc_project) == {"champion": "1", "challenger": "2"}
+
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=dvc_project.env["MLFLOW_TRACKING_URI"])
+    tags = client.get_model_version("driftline", "2").tags
+    assert tags["driftline.experiment"]  # the experiment's name
+    records = promotions.read_text().splitlines()[earlier:]
+    assert [json.loads(line)["action"] for line in records] == ["challenger"]
+
+    # Promoted by hand, the challenger is the champion and no longer a challenger.
+    promoted = subprocess.run(
+        [str(Path(sys.executable).parent / "driftline"), "promote", "2", "--reason", "won"],
+        cwd=dvc_project.root,
+        env=dvc_project.env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert promoted.returncode == 0, promoted.stderr
+    assert aliases(dvc_project) == {"champion": "2", "previous": "1"}
