@@ -235,6 +235,7 @@ def quiet_env(project: Path, bin_dir: Path = BIN) -> dict[str, str]:
         **QUIET,
         "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}",
         "PREFECT_HOME": str(project / "prefect"),
+        "MPLCONFIGDIR": str(project / "matplotlib"),  # its font cache, not in ~
         "PATH": os.pathsep.join([str(bin_dir), str(BIN), os.environ.get("PATH", "")]),
     }
 
