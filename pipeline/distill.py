@@ -181,7 +181,7 @@ def _fit_soft_targets(
         _batch_bounds,
         _column_stats,
         _one_thread_on_cpu,
-        learning_rate_at,
+        optimizer_step,
     )
 
     features = learner.features
@@ -209,18 +209,9 @@ def _fit_soft_targets(
             network.train()
             order = torch.randperm(len(y), generator=batches)
             for start, stop in bounds:
-                rate = learning_rate_at(
-                    step, total_steps, settings.lr, settings.schedule, settings.warmup_fraction
-                )
-                for group in optimizer.param_groups:
-                    group["lr"] = rate
                 batch = order[start:stop]
                 loss = loss_fn(network(x_numeric[batch], x_codes[batch]), y[batch])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if settings.grad_clip is not None:
-                    nn.utils.clip_grad_norm_(network.parameters(), settings.grad_clip)
-                optimizer.step()
+                optimizer_step(network, optimizer, loss, step, total_steps, settings)
                 step += 1
         learner.scorer = ScoringModule(network).eval()
 

@@ -281,19 +281,10 @@ class TorchLearner(Learner):
             network.train()
             order = torch.randperm(n_rows, generator=batches).to(device)
             for start, stop in _batch_bounds(n_rows, settings.batch_size):
-                lr = learning_rate_at(
-                    step, total_steps, settings.lr, settings.schedule, settings.warmup_fraction
-                )
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
                 rows = order[start:stop]
                 output = network(x_numeric[rows], x_codes[rows])
                 loss = loss_fn(output.squeeze(-1) if self.task == "regression" else output, y[rows])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if settings.grad_clip is not None:
-                    nn.utils.clip_grad_norm_(network.parameters(), settings.grad_clip)
-                optimizer.step()
+                optimizer_step(network, optimizer, loss, step, total_steps, settings)
                 step += 1
 
             if epochs is not None:
@@ -383,6 +374,28 @@ class TorchLearner(Learner):
     def _target_scaling(self) -> tuple[float, float]:
         scorer = self._fitted()
         return float(scorer.target_mean), float(scorer.target_std)
+
+
+def optimizer_step(
+    network: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss: torch.Tensor,
+    step: int,
+    total_steps: int,
+    settings: TorchConfig,
+) -> None:
+    """One optimiser step on `loss` at the schedule's learning rate for `step`, with the
+    gradients clipped as `settings` says (the torch family's and a distilled MLP's)."""
+    rate = learning_rate_at(
+        step, total_steps, settings.lr, settings.schedule, settings.warmup_fraction
+    )
+    for group in optimizer.param_groups:
+        group["lr"] = rate
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if settings.grad_clip is not None:
+        nn.utils.clip_grad_norm_(network.parameters(), settings.grad_clip)
+    optimizer.step()
 
 
 def training_settings(config: dict[str, Any]) -> TorchConfig:
